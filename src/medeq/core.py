@@ -1,0 +1,563 @@
+"""N-bin histogram equalization of numpy arrays (no DICOM here).
+
+The pipeline is the classic one: histogram -> cumulative distribution -> lookup table
+(LUT) -> apply the LUT to every pixel. Two LUT formulas are offered:
+
+``"standard"`` (the default, OpenCV's form)::
+
+    lut[k] = round((cdf[k] - cdf_min) * (L - 1) / (N - cdf_min))
+
+``"seed"`` (the tutorial's form)::
+
+    lut[k] = round(cumsum(counts / N)[k] * (L - 1))
+
+where ``cdf[k]`` counts the (masked) pixels in bins ``0..k``, ``cdf_min`` is the count of
+the first non-empty bin, ``N`` the number of (masked) pixels and ``L`` the number of output
+levels. Rounding is half to even. With ``L <= 256`` the standard form is evaluated in single
+precision exactly as OpenCV does, so ``equalize`` on uint8 is bit-identical to
+``cv2.equalizeHist``; with more levels it is evaluated in double precision.
+"""
+
+from __future__ import annotations
+
+import enum
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from . import _kernels
+from .errors import ParameterError
+
+__all__ = ["Variant", "equalization_lut", "equalize", "histogram"]
+
+#: Integer data without ``bins`` gets one bin per level, up to this many bins.
+MAX_DEFAULT_BINS = 65536
+#: Float data without ``bins`` gets this many bins.
+DEFAULT_FLOAT_BINS = 256
+#: Upper bound on ``bins``, which keeps the histogram and LUT in memory.
+MAX_BINS = 2**24
+#: Upper bound on ``levels`` (output is uint8 up to 256 levels, else uint16).
+MAX_LEVELS = 65536
+
+_SUPPORTED = "uint8, int8, uint16, int16, uint32, int32, uint64, int64, float16, float32, float64"
+
+
+class Variant(str, enum.Enum):
+    """The LUT formula: ``"standard"`` (OpenCV's cdf_min form) or ``"seed"`` (the tutorial's)."""
+
+    STANDARD = "standard"
+    SEED = "seed"
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _as_variant(variant: Variant | str) -> Variant:
+    try:
+        return Variant(variant)
+    except ValueError:
+        allowed = ", ".join(repr(v.value) for v in Variant)
+        raise ParameterError(f"variant must be one of {allowed}, got {variant!r}") from None
+
+
+def _check_image(image: ArrayLike, name: str = "image") -> NDArray[Any]:
+    arr = np.asarray(image)
+    kind = arr.dtype.kind
+    if kind == "b":
+        raise ParameterError(f"{name} has dtype bool; equalization needs integer or float data")
+    if kind not in "iuf":
+        raise ParameterError(f"{name} has unsupported dtype {arr.dtype}; supported: {_SUPPORTED}")
+    if arr.ndim < 2:
+        raise ParameterError(
+            f"{name} must have at least 2 dimensions (rows, columns), got shape {arr.shape}"
+        )
+    if arr.size == 0:
+        raise ParameterError(f"{name} is empty (shape {arr.shape})")
+    if kind == "f" and not np.isfinite(arr).all():
+        bad = arr[~np.isfinite(arr)]
+        raise ParameterError(
+            f"{name} contains {bad.size} non-finite value(s) (NaN or inf, first: {bad.flat[0]}); "
+            "replace them (for example with np.nan_to_num) or cast to an integer type first"
+        )
+    return arr
+
+
+def _check_mask(mask: ArrayLike | None, shape: tuple[int, ...]) -> NDArray[np.bool_] | None:
+    if mask is None:
+        return None
+    m = np.asarray(mask)
+    if m.dtype != np.bool_:
+        raise ParameterError(f"mask must have dtype bool, got {m.dtype}")
+    if m.shape != shape:
+        raise ParameterError(f"mask shape {m.shape} does not match image shape {shape}")
+    if not m.any():
+        raise ParameterError("mask selects no pixels (it is all False)")
+    return m
+
+
+def _whole_number(value: object, name: str, low: int, high: int | None) -> int | None:
+    """Validate an optional whole-number argument in ``[low, high]``."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ParameterError(f"{name} must be a whole number or None, got {value!r}")
+    number = int(value)
+    if number < low or (high is not None and number > high):
+        allowed = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ParameterError(f"{name} must be {allowed}, got {value!r}")
+    return number
+
+
+def _check_bins(bins: object) -> int | None:
+    return _whole_number(bins, "bins", 1, MAX_BINS)
+
+
+def _check_levels(levels: object) -> int | None:
+    return _whole_number(levels, "levels", 2, MAX_LEVELS)
+
+
+def _check_range(
+    value_range: tuple[float, float] | None, integer: bool
+) -> tuple[float, float] | None:
+    if value_range is None:
+        return None
+    try:
+        lo, hi = value_range
+        lo_f, hi_f = float(lo), float(hi)
+    except (TypeError, ValueError):
+        raise ParameterError(
+            f"value_range must be a pair (low, high) of numbers, got {value_range!r}"
+        ) from None
+    if not (np.isfinite(lo_f) and np.isfinite(hi_f)) or lo_f >= hi_f:
+        raise ParameterError(f"value_range must be finite with low < high, got {value_range!r}")
+    if integer:
+        if lo_f != int(lo_f) or hi_f != int(hi_f):
+            raise ParameterError(
+                f"value_range for integer images must be whole numbers, got {value_range!r}"
+            )
+        return int(lo_f), int(hi_f)
+    return lo_f, hi_f
+
+
+# --------------------------------------------------------------------------- binning
+
+
+@dataclass(frozen=True)
+class Binning:
+    """How values map to ``bins`` equal bins over ``[lo, hi]``.
+
+    Integer data: the bins cover the levels ``lo .. hi`` inclusive (``hi - lo + 1``
+    levels), so with ``bins == hi - lo + 1`` each level has a bin of its own. Float data:
+    the bins cover ``[lo, hi]`` and the last bin includes ``hi``. Values outside go to the
+    end bins.
+    """
+
+    lo: float
+    hi: float
+    bins: int
+    integer: bool
+
+    @property
+    def span(self) -> float:
+        """Width of the covered interval (number of levels for integer data)."""
+        return self.hi - self.lo + 1 if self.integer else self.hi - self.lo
+
+    def edges(self) -> NDArray[np.float64]:
+        """Bin edges, ``bins + 1`` of them; integer levels sit at bin centres."""
+        steps = np.arange(self.bins + 1, dtype=np.float64)
+        if self.integer:
+            return (self.lo - 0.5) + steps * (self.span / self.bins)
+        if self.span == 0:
+            return np.linspace(self.lo - 0.5, self.hi + 0.5, self.bins + 1)
+        return np.linspace(self.lo, self.hi, self.bins + 1)
+
+    def index(self, values: NDArray[Any]) -> NDArray[np.intp]:
+        """Bin index of every value, as intp with the shape of ``values``."""
+        last = self.bins - 1
+        if self.integer:
+            lo, hi = int(self.lo), int(self.hi)
+            span = hi - lo + 1
+            # Clip in the native dtype first so the offset below cannot overflow.
+            info = np.iinfo(values.dtype)
+            a = min(max(lo, int(info.min)), int(info.max))
+            b = max(min(hi, int(info.max)), int(info.min))
+            clipped = np.clip(values, values.dtype.type(a), values.dtype.type(b))
+            if hi < 2**63 and span * self.bins < 2**63:
+                offset = clipped.astype(np.int64) - np.int64(lo)
+                if self.bins != span:
+                    offset = (offset * self.bins) // span
+                exact: NDArray[np.intp] = offset.astype(np.intp, copy=False)
+                return exact
+            # Spans near 2**64 only arise with 64-bit data: double precision is the best
+            # available without a per-pixel Python integer.
+            scaled = (clipped.astype(np.float64) - lo) * (self.bins / span)
+        elif self.span == 0:
+            return np.full(values.shape, self.bins // 2, dtype=np.intp)
+        else:
+            scaled = (values.astype(np.float64) - self.lo) * (self.bins / self.span)
+        index: NDArray[np.intp] = np.clip(np.floor(scaled), 0, last).astype(np.intp)
+        return index
+
+
+def _small_int(dtype: np.dtype[Any]) -> bool:
+    return dtype.kind in "iu" and dtype.itemsize <= 2
+
+
+def _value_counts(image: NDArray[Any], mask: NDArray[np.bool_] | None) -> NDArray[np.int64]:
+    """Counts of every possible value of an 8/16-bit integer image, in value order."""
+    bits = 8 * image.dtype.itemsize
+    raw = image.view(np.dtype(f"u{image.dtype.itemsize}"))
+    counts = _kernels.count(raw if mask is None else raw[mask], 2**bits)
+    if image.dtype.kind == "i":
+        # Raw bit patterns of negative values follow the positive ones; rotate so the
+        # counts run from the dtype's minimum to its maximum.
+        counts = np.roll(counts, 2 ** (bits - 1))
+    return counts
+
+
+def _data_range(
+    image: NDArray[Any], mask: NDArray[np.bool_] | None, value_counts: NDArray[np.int64] | None
+) -> tuple[float, float]:
+    if value_counts is not None:
+        nz = np.flatnonzero(value_counts)
+        base = int(np.iinfo(image.dtype).min)
+        return base + int(nz[0]), base + int(nz[-1])
+    data = image if mask is None else image[mask]
+    lo, hi = data.min(), data.max()
+    if image.dtype.kind in "iu":
+        return int(lo), int(hi)
+    return float(lo), float(hi)
+
+
+def _binning(
+    image: NDArray[Any],
+    bins: int | None,
+    value_range: tuple[float, float] | None,
+    data_range: tuple[float, float],
+) -> Binning:
+    integer = image.dtype.kind in "iu"
+    lo, hi = value_range if value_range is not None else data_range
+    if bins is None:
+        bins = min(int(hi - lo + 1), MAX_DEFAULT_BINS) if integer else DEFAULT_FLOAT_BINS
+    return Binning(lo, hi, bins, integer)
+
+
+@dataclass(frozen=True)
+class _Histogram:
+    """A histogram together with what is needed to map pixels through a LUT of it."""
+
+    binning: Binning
+    counts: NDArray[np.int64]
+    #: For 8/16-bit integers: the bin of every possible value, in value order.
+    value_bins: NDArray[np.intp] | None
+    #: Otherwise: the bin of every pixel.
+    pixel_bins: NDArray[np.intp] | None
+
+
+def _compute_histogram(
+    image: NDArray[Any],
+    bins: int | None,
+    value_range: tuple[float, float] | None,
+    mask: NDArray[np.bool_] | None,
+) -> _Histogram:
+    if _small_int(image.dtype):
+        # Count the (at most 65536) raw values once, then bin the value table: no
+        # per-pixel index array is needed, and the LUT is applied by raw value.
+        info = np.iinfo(image.dtype)
+        vcounts = _value_counts(image, mask)
+        binning = _binning(image, bins, value_range, _data_range(image, mask, vcounts))
+        values = np.arange(info.min, info.max + 1, dtype=np.int64)
+        value_bins = binning.index(values)
+        counts = np.bincount(value_bins, weights=vcounts, minlength=binning.bins)
+        return _Histogram(binning, np.rint(counts).astype(np.int64), value_bins, None)
+    binning = _binning(image, bins, value_range, _data_range(image, mask, None))
+    pixel_bins = binning.index(image)
+    counts = _kernels.count(pixel_bins if mask is None else pixel_bins[mask], binning.bins)
+    return _Histogram(binning, counts, None, pixel_bins)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def histogram(
+    image: ArrayLike,
+    bins: int | None = None,
+    *,
+    value_range: tuple[float, float] | None = None,
+    mask: ArrayLike | None = None,
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """Histogram of an image with a given number of equal bins, for any dtype.
+
+    Parameters
+    ----------
+    image : (M, N[, P, ...]) ndarray
+        Integer or float data. Float data must be finite.
+    bins : int, optional
+        Number of equal bins. Default: one bin per level over the data's range for
+        integer data (at most 65536 bins), 256 for float data.
+    value_range : (float, float), optional
+        The interval the bins cover; integer data counts ``low .. high`` inclusive and
+        needs whole numbers. Values outside go to the first or last bin. Default: the
+        (masked) data's minimum and maximum.
+    mask : (M, N[, P, ...]) ndarray of bool, optional
+        Count only the pixels where ``mask`` is True.
+
+    Returns
+    -------
+    counts : (bins,) ndarray of int64
+        Number of (masked) pixels in each bin.
+    edges : (bins + 1,) ndarray of float64
+        Bin edges. For integer data the levels sit at the bin centres (edges at
+        half-integers when each level has a bin of its own).
+
+    Raises
+    ------
+    ParameterError
+        For an unsupported image (dtype, shape, non-finite values) or a bad argument.
+    """
+    arr = _check_image(image)
+    bins_ = _check_bins(bins)
+    vr = _check_range(value_range, arr.dtype.kind in "iu")
+    m = _check_mask(mask, arr.shape)
+    h = _compute_histogram(arr, bins_, vr, m)
+    return h.counts, h.binning.edges()
+
+
+def _lut_dtype(levels: int) -> np.dtype[Any]:
+    for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if levels - 1 <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    raise ParameterError(f"levels={levels} does not fit a 64-bit unsigned integer")
+
+
+def _round_to_levels(values: NDArray[np.floating], levels: int) -> NDArray[Any]:
+    """Round half to even, clip to ``[0, levels - 1]`` and cast to the output dtype."""
+    dtype = _lut_dtype(levels)
+    top = levels - 1
+    rounded = np.clip(np.rint(values), 0, float(top))
+    if top > 2**53:
+        # float64 cannot hold the top level of a 64-bit output: cast the rest, then set
+        # the saturated entries exactly.
+        full = rounded >= float(top)
+        out = np.where(full, 0.0, rounded).astype(dtype)
+        out[full] = top
+        return out
+    result: NDArray[Any] = rounded.astype(dtype)
+    return result
+
+
+def _identity_lut(nbins: int, levels: int | None) -> NDArray[Any]:
+    position = np.arange(nbins, dtype=np.float64) / max(nbins - 1, 1)
+    return position if levels is None else _round_to_levels(position * (levels - 1), levels)
+
+
+def equalization_lut(
+    counts: ArrayLike, levels: int | None, *, variant: Variant | str = "standard"
+) -> NDArray[Any]:
+    """Lookup table that equalizes a histogram.
+
+    Parameters
+    ----------
+    counts : (B,) array_like of non-negative integers
+        A histogram, as from :func:`histogram`. At least one count must be positive.
+    levels : int or None
+        Number of output levels ``L`` (2 to 2**64). None gives a float LUT in [0, 1]
+        without rounding.
+    variant : {"standard", "seed"}
+        ``"standard"``: ``round((cdf - cdf_min) * (L - 1) / (N - cdf_min))``, as OpenCV.
+        ``"seed"``: ``round(cumsum(counts / N) * (L - 1))``, the tutorial's formula.
+
+    Returns
+    -------
+    lut : (B,) ndarray
+        Output level of each bin: uint8 for ``L <= 256``, else the smallest of uint16,
+        uint32 and uint64 that holds ``L - 1``; float64 in [0, 1] when ``levels`` is None.
+        Monotone non-decreasing.
+
+    Notes
+    -----
+    With one non-empty bin the standard formula is undefined (0 / 0); the LUT then maps
+    bin ``k`` to its own position, ``round(k * (L - 1) / (B - 1))``, which for 256 bins
+    and 256 levels is the identity, as in OpenCV. With ``L <= 256`` the standard formula
+    is evaluated in single precision exactly as ``cv2.equalizeHist`` does (its error is
+    below 3e-5 of a level); otherwise in double precision.
+    """
+    var = _as_variant(variant)
+    c = np.asarray(counts)
+    if c.ndim != 1 or c.size == 0:
+        raise ParameterError(f"counts must be a non-empty 1-D array, got shape {c.shape}")
+    if c.dtype.kind not in "iuf" or (c.dtype.kind == "f" and not np.all(c == np.floor(c))):
+        raise ParameterError(f"counts must hold whole numbers, got dtype {c.dtype}")
+    if (c < 0).any():
+        raise ParameterError("counts must not be negative")
+    levels = _whole_number(levels, "levels", 2, None)
+    c64 = c.astype(np.int64)
+    cdf = np.cumsum(c64)
+    total = int(cdf[-1])
+    if total == 0:
+        raise ParameterError("counts are all zero: there is nothing to equalize")
+
+    if var is Variant.SEED:
+        # Exactly the tutorial's steps: pdf, then its running sum, then scale and round.
+        frac = np.cumsum(c64 / total)
+        if levels is None:
+            return np.clip(frac, 0.0, 1.0)
+        return _round_to_levels(frac * (levels - 1), levels)
+
+    nonzero = np.flatnonzero(c64)
+    if nonzero.size == 1:
+        return _identity_lut(c.size, levels)
+    cdf_min = int(c64[nonzero[0]])
+    above = cdf - cdf_min
+    denom = total - cdf_min
+    if levels is None:
+        return np.clip(above / denom, 0.0, 1.0)
+    if levels <= 256:
+        scale = np.float32(levels - 1) / np.float32(denom)
+        return _round_to_levels(above.astype(np.float32) * scale, levels)
+    return _round_to_levels(above.astype(np.float64) * (levels - 1) / denom, levels)
+
+
+def _output_levels(dtype: np.dtype[Any], levels: int | None) -> int | None:
+    """Levels of the default output: the full width of an integer dtype; None for floats."""
+    if levels is not None:
+        return levels
+    if dtype.kind in "iu":
+        return int(2 ** (8 * dtype.itemsize))
+    return None
+
+
+def _identity(image: NDArray[Any], levels: int | None) -> NDArray[Any]:
+    """The image unchanged, moved into the output domain (OpenCV's answer for a flat histogram).
+
+    Integer values keep their relative place in their dtype's range; float values are
+    clipped to [0, 1].
+    """
+    if image.dtype.kind in "iu":
+        nbits = 8 * image.dtype.itemsize
+        unsigned = np.dtype(f"u{image.dtype.itemsize}")
+        raw = image.view(unsigned)
+        if image.dtype.kind == "i":
+            raw = raw ^ unsigned.type(1 << (nbits - 1))
+        assert levels is not None
+        if levels == 2**nbits:
+            return raw.astype(_lut_dtype(levels), copy=True)
+        return _round_to_levels(raw.astype(np.float64) * ((levels - 1) / (2**nbits - 1)), levels)
+    position = np.clip(image.astype(np.float64), 0.0, 1.0)
+    if levels is None:
+        return position.astype(_float_out(image.dtype))
+    return _round_to_levels(position * (levels - 1), levels)
+
+
+def _float_out(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    return np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
+
+
+def _equalize_one(
+    image: NDArray[Any],
+    bins: int | None,
+    value_range: tuple[float, float] | None,
+    mask: NDArray[np.bool_] | None,
+    levels: int | None,
+    variant: Variant,
+) -> NDArray[Any]:
+    out_levels = _output_levels(image.dtype, levels)
+    if mask is not None and not mask.any():
+        return _identity(image, out_levels)
+    h = _compute_histogram(image, bins, value_range, mask)
+    if variant is Variant.STANDARD and np.count_nonzero(h.counts) == 1:
+        return _identity(image, out_levels)
+    lut = equalization_lut(h.counts, out_levels, variant=variant)
+    if out_levels is None:
+        lut = lut.astype(_float_out(image.dtype))
+    if h.value_bins is not None:
+        # A table indexed by raw bit pattern, so the image is mapped without any
+        # per-pixel arithmetic.
+        value_lut = lut[h.value_bins]
+        if image.dtype.kind == "i":
+            value_lut = np.roll(value_lut, -(2 ** (8 * image.dtype.itemsize - 1)))
+        raw = image.view(np.dtype(f"u{image.dtype.itemsize}"))
+        return _kernels.apply_lut(value_lut, raw)
+    assert h.pixel_bins is not None
+    return _kernels.apply_lut(lut, h.pixel_bins)
+
+
+def equalize(
+    image: ArrayLike,
+    bins: int | None = None,
+    *,
+    value_range: tuple[float, float] | None = None,
+    mask: ArrayLike | None = None,
+    levels: int | None = None,
+    variant: Variant | str = "standard",
+    per_slice: bool = False,
+) -> NDArray[Any]:
+    """Histogram-equalize an image or volume with ``bins`` equal bins, for any dtype.
+
+    Parameters
+    ----------
+    image : (M, N[, P, ...]) ndarray
+        uint8, int8, uint16, int16, uint32, int32, uint64, int64 or float data; float
+        data must be finite. Never modified.
+    bins : int, optional
+        Number of equal histogram bins; honoured for every dtype, so the output has at
+        most ``bins`` distinct values. Default: one bin per level over the data's range
+        for integer data (at most 65536 bins), 256 for float data.
+    value_range : (float, float), optional
+        The interval the bins cover (whole numbers, inclusive, for integer data). Values
+        outside go to the end bins. Default: the (masked) data's minimum and maximum.
+    mask : (M, N[, P, ...]) ndarray of bool, optional
+        Build the histogram from the pixels where ``mask`` is True; every pixel is mapped.
+    levels : int, optional
+        Number of output levels ``L`` (2 to 65536): the output is in ``[0, L - 1]``,
+        uint8 for ``L <= 256``, else uint16.
+    variant : {"standard", "seed"}
+        The LUT formula; see :func:`equalization_lut`.
+    per_slice : bool
+        Equalize each slice along axis 0 with its own histogram. Default: one histogram
+        for the whole array. A slice whose mask selects nothing is left as it is.
+
+    Returns
+    -------
+    out : ndarray, same shape as ``image``
+        With ``levels``: uint8 or uint16 in ``[0, L - 1]``. Otherwise integer input
+        gives the unsigned integer of the same width spanning its full range (uint8
+        0..255, uint16 0..65535 for uint16 and int16, uint32 for 32-bit input, uint64 for
+        64-bit input), and float input gives float in [0, 1] (float32 stays float32,
+        other floats give float64).
+
+    Raises
+    ------
+    ParameterError
+        For an unsupported image (bool, complex or object dtype, fewer than 2
+        dimensions, empty, NaN or inf) or a bad argument; the message names it.
+
+    Notes
+    -----
+    An image whose (masked) histogram has a single non-empty bin, such as a constant
+    image, comes back unchanged (as ``cv2.equalizeHist`` returns it) in the output type:
+    integer values keep their place in their dtype's range, float values are clipped to
+    [0, 1]. The ``"seed"`` variant has no such rule and follows its formula.
+    """
+    arr = _check_image(image)
+    bins_ = _check_bins(bins)
+    levels_ = _check_levels(levels)
+    var = _as_variant(variant)
+    vr = _check_range(value_range, arr.dtype.kind in "iu")
+    m = _check_mask(mask, arr.shape)
+    if not isinstance(per_slice, (bool, np.bool_)):
+        raise ParameterError(f"per_slice must be True or False, got {per_slice!r}")
+    if not per_slice:
+        return _equalize_one(arr, bins_, vr, m, levels_, var)
+    if arr.ndim < 3:
+        raise ParameterError(
+            f"per_slice=True needs an array with at least 3 dimensions, got shape {arr.shape}"
+        )
+    slices = [
+        _equalize_one(arr[i], bins_, vr, None if m is None else m[i], levels_, var)
+        for i in range(arr.shape[0])
+    ]
+    return np.stack(slices)
