@@ -1,0 +1,572 @@
+"""Read one DICOM file into a :class:`DicomImage`: the header, and stored pixel values on demand.
+
+Reading the header never decodes pixels: :func:`read` parses up to (7FE0,0010) *Pixel
+Data* and stops, so ``medeq info`` answers at once on a file of any size. The pixels are
+decoded the first time :attr:`DicomImage.stored` is used.
+
+Stored values come back as ``(frames, rows, columns)`` in native byte order, with the bits
+above (0028,0101) *Bits Stored* masked off and signed values sign-extended, whatever the
+decoder did. Each failure raises a :class:`~medeq.errors.DicomError` subclass whose message
+names the file, the tag or cause, and what would be accepted.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pydicom
+from numpy.typing import NDArray
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels.utils import pixel_array
+from pydicom.uid import UID
+
+from . import _codestream
+from .errors import CorruptPixelDataError, NotDicomError, UnsupportedImageError
+
+__all__ = ["DicomImage", "ImageInfo", "Source", "Window", "read", "read_info"]
+
+logger = logging.getLogger(__name__)
+
+#: What :func:`read` accepts: a path, a binary file object, or a pydicom Dataset.
+Source = str | os.PathLike[str] | IO[bytes] | Dataset
+
+_GREY = ("MONOCHROME1", "MONOCHROME2")
+_VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+
+
+@dataclass(frozen=True)
+class Window:
+    """A VOI window: (0028,1050) *Window Center*, (0028,1051) *Window Width* and function."""
+
+    center: float
+    width: float
+    function: str = "LINEAR"
+    explanation: str = ""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """The standardised facts about one image, read from its header."""
+
+    path: str | None
+    modality: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    rows: int
+    columns: int
+    frames: int
+    samples_per_pixel: int
+    bits_allocated: int
+    bits_stored: int
+    high_bit: int
+    signed: bool
+    photometric: str
+    transfer_syntax: str
+    #: True when the file has no file meta header and the transfer syntax was inferred.
+    transfer_syntax_inferred: bool
+    rescale_slope: float
+    rescale_intercept: float
+    rescale_type: str
+    #: True when rescale values differ per frame (enhanced multi-frame objects).
+    per_frame_rescale: bool
+    modality_lut: bool
+    voi_lut: bool
+    windows: tuple[Window, ...]
+    lossy: bool
+    series_number: int | None
+    instance_number: int | None
+    image_position: tuple[float, float, float] | None
+    image_orientation: tuple[float, float, float, float, float, float] | None
+
+    @property
+    def transfer_syntax_name(self) -> str:
+        """The transfer syntax's name, as the DICOM standard gives it."""
+        return UID(self.transfer_syntax).name
+
+    @property
+    def is_grey(self) -> bool:
+        """True for single-sample MONOCHROME1/MONOCHROME2 images."""
+        return self.samples_per_pixel == 1 and self.photometric in _GREY
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as plain JSON-ready values."""
+        out: dict[str, Any] = {
+            name: getattr(self, name) for name in self.__dataclass_fields__ if name != "windows"
+        }
+        out["transfer_syntax_name"] = self.transfer_syntax_name
+        out["windows"] = [w.__dict__ for w in self.windows]
+        return out
+
+
+class DicomImage:
+    """One DICOM image: its header :class:`~pydicom.dataset.Dataset`, ``info`` and pixels.
+
+    Attributes
+    ----------
+    dataset : pydicom.dataset.Dataset
+        The header as read, without (7FE0,0010) *Pixel Data* for file sources. medeq never
+        modifies it.
+    info : ImageInfo
+        The standardised facts medeq uses.
+    """
+
+    def __init__(self, dataset: Dataset, info: ImageInfo, source: bytes | Path | Dataset):
+        self.dataset = dataset
+        self.info = info
+        self._source = source
+        self._stored: NDArray[Any] | None = None
+
+    def __repr__(self) -> str:
+        i = self.info
+        where = i.path or "<memory>"
+        return (
+            f"<DicomImage {where} {i.modality} {i.frames}x{i.rows}x{i.columns} "
+            f"{'int' if i.signed else 'uint'}{i.bits_stored}/{i.bits_allocated} {i.photometric}>"
+        )
+
+    @property
+    def name(self) -> str:
+        """The file path, or ``<memory>`` for in-memory sources (for messages)."""
+        return self.info.path or "<memory>"
+
+    @property
+    def stored(self) -> NDArray[Any]:
+        """Stored pixel values as a read-only ``(frames, rows, columns)`` array.
+
+        Decoded on first use, then kept. Bits above *Bits Stored* are masked off and
+        signed values sign-extended.
+        """
+        if self._stored is None:
+            arr = _decode(self)
+            arr.flags.writeable = False
+            self._stored = arr
+        return self._stored
+
+    def release(self) -> None:
+        """Drop the decoded pixels (they are decoded again if needed)."""
+        self._stored = None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read(source: Source) -> DicomImage:
+    """Read a grey-scale DICOM image; pixels are decoded later, when first needed.
+
+    Parameters
+    ----------
+    source : str, os.PathLike, binary file object or pydicom.dataset.Dataset
+        The file. Files without a preamble or file meta header are read too (their
+        transfer syntax is inferred).
+
+    Returns
+    -------
+    DicomImage
+
+    Raises
+    ------
+    NotDicomError
+        Missing, empty, not DICOM, or a header that ends early.
+    UnsupportedImageError
+        Not an image (SR, RTSTRUCT, ...), a colour image (RGB, YBR, PALETTE COLOR), or a
+        pixel module medeq cannot use.
+    """
+    header, src, path, inferred = _read_header(source)
+    info = _make_info(header, path, inferred)
+    _check_grey(header, info)
+    return DicomImage(header, info, src)
+
+
+def read_info(source: Source) -> ImageInfo:
+    """Read only the header's :class:`ImageInfo`, for any image, colour included."""
+    header, _, path, inferred = _read_header(source)
+    return _make_info(header, path, inferred)
+
+
+def _read_header(source: Source) -> tuple[Dataset, bytes | Path | Dataset, str | None, bool]:
+    if isinstance(source, Dataset):
+        path = str(source.filename) if isinstance(source.get("filename"), str) else None
+        ts = _file_meta(source).get("TransferSyntaxUID")
+        return source, source, path, ts is None
+    if isinstance(source, (str, os.PathLike)):
+        p = Path(source)
+        name = str(p)
+        if not p.exists():
+            raise NotDicomError(f"{name}: no such file")
+        if p.is_dir():
+            raise NotDicomError(f"{name}: is a folder, not a DICOM file (use read_series)")
+        if p.stat().st_size == 0:
+            raise NotDicomError(f"{name}: empty file (0 bytes)")
+        src: bytes | Path = p
+        opener: Any = p
+    elif hasattr(source, "read"):
+        data = source.read()
+        if not isinstance(data, bytes):
+            raise NotDicomError("file object was opened in text mode; open it with 'rb'")
+        name = str(getattr(source, "name", "<memory>"))
+        if not data:
+            raise NotDicomError(f"{name}: empty file (0 bytes)")
+        src = data
+        opener = io.BytesIO(data)
+    else:
+        raise NotDicomError(
+            f"cannot read {type(source).__name__!r}: give a path, a binary file object "
+            "or a pydicom Dataset"
+        )
+    header, inferred = _parse(opener, name, stop_before_pixels=True)
+    return header, src, (name if isinstance(src, Path) else None), inferred
+
+
+def _parse(opener: Any, name: str, *, stop_before_pixels: bool) -> tuple[Dataset, bool]:
+    """dcmread with medeq's error messages; returns the dataset and 'transfer syntax inferred'."""
+    if isinstance(opener, io.BytesIO):
+        opener.seek(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            try:
+                ds = pydicom.dcmread(opener, stop_before_pixels=stop_before_pixels)
+                forced = False
+            except InvalidDicomError:
+                if isinstance(opener, io.BytesIO):
+                    opener.seek(0)
+                ds = pydicom.dcmread(opener, stop_before_pixels=stop_before_pixels, force=True)
+                forced = True
+            # Convert every element now, so value warnings (and errors) surface here, in
+            # one place, rather than wherever an attribute is first used.
+            for _ in ds.iterall():
+                pass
+        except Exception as exc:  # pydicom raises many types on malformed input
+            raise NotDicomError(f"{name}: not a readable DICOM file: {exc}") from exc
+    for w in caught:
+        logger.debug("%s: pydicom: %s", name, w.message)
+    if forced and not _looks_like_dicom(ds):
+        raise NotDicomError(
+            f"{name}: not DICOM (no 'DICM' preamble, and no DICOM image attributes could be parsed)"
+        )
+    if "TransferSyntaxUID" not in _file_meta(ds) and not stop_before_pixels:
+        _set_inferred_transfer_syntax(ds)
+    truncated = [w for w in caught if "End of file reached" in str(w.message)]
+    if truncated and not stop_before_pixels:
+        raise CorruptPixelDataError(
+            f"{name}: (7FE0,0010) Pixel Data is truncated: the file ends before the "
+            "encapsulated data's sequence delimiter"
+        )
+    return ds, "TransferSyntaxUID" not in _file_meta(ds)
+
+
+def _file_meta(ds: Dataset) -> Dataset:
+    meta = getattr(ds, "file_meta", None)
+    return meta if meta is not None else Dataset()
+
+
+def _looks_like_dicom(ds: Dataset) -> bool:
+    # A forced read of arbitrary bytes yields junk elements; real headers have these.
+    return any(kw in ds for kw in ("SOPClassUID", "Rows", "Modality", "StudyInstanceUID"))
+
+
+def _inferred_transfer_syntax(ds: Dataset) -> str:
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    if implicit:
+        return pydicom.uid.ImplicitVRLittleEndian
+    return pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian
+
+
+def _set_inferred_transfer_syntax(ds: Dataset) -> None:
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        meta = FileMetaDataset()
+        ds.file_meta = meta
+    meta.TransferSyntaxUID = _inferred_transfer_syntax(ds)
+
+
+# --------------------------------------------------------------------------- the info record
+
+
+def _number(value: Any, default: float) -> float:
+    if value is None or value == "":
+        return default
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        value = value[0] if len(value) else default
+    return float(value)
+
+
+def _values(ds: Dataset, keyword: str) -> list[Any]:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return []
+    if isinstance(value, (pydicom.multival.MultiValue, list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _first_item(ds: Dataset, *keywords: str) -> Dataset | None:
+    """``ds.A[0].B[0]...`` if every level is present, else None."""
+    node: Dataset | None = ds
+    for kw in keywords:
+        seq = node.get(kw) if node is not None else None
+        if not seq:
+            return None
+        node = seq[0]
+    return node
+
+
+def frame_groups(ds: Dataset, frame: int) -> list[Dataset]:
+    """The functional group items that apply to ``frame`` (per-frame first, then shared)."""
+    groups: list[Dataset] = []
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame and frame < len(per_frame):
+        groups.append(per_frame[frame])
+    shared = _first_item(ds, "SharedFunctionalGroupsSequence")
+    if shared is not None:
+        groups.append(shared)
+    return groups
+
+
+def frame_attribute(ds: Dataset, frame: int, sequence: str, keyword: str) -> Any:
+    """An attribute from a functional group macro of ``frame``, or None."""
+    for group in frame_groups(ds, frame):
+        item = _first_item(group, sequence)
+        if item is not None and keyword in item:
+            return item.get(keyword)
+    return None
+
+
+def rescale_of_frame(ds: Dataset, frame: int) -> tuple[float, float, str]:
+    """(slope, intercept, type) of one frame: functional groups first, then the top level."""
+    slope = frame_attribute(ds, frame, "PixelValueTransformationSequence", "RescaleSlope")
+    intercept = frame_attribute(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept")
+    rtype = frame_attribute(ds, frame, "PixelValueTransformationSequence", "RescaleType")
+    if slope is None:
+        slope = ds.get("RescaleSlope")
+    if intercept is None:
+        intercept = ds.get("RescaleIntercept")
+    if rtype is None:
+        rtype = ds.get("RescaleType")
+    return _number(slope, 1.0), _number(intercept, 0.0), str(rtype or "")
+
+
+def _windows(ds: Dataset) -> tuple[Window, ...]:
+    source: Dataset = ds
+    if "WindowCenter" not in ds:
+        item = None
+        for group in frame_groups(ds, 0):
+            item = _first_item(group, "FrameVOILUTSequence")
+            if item is not None:
+                break
+        if item is None:
+            return ()
+        source = item
+    centers = _values(source, "WindowCenter")
+    widths = _values(source, "WindowWidth")
+    explanations = _values(source, "WindowCenterWidthExplanation")
+    function = str(source.get("VOILUTFunction") or "LINEAR").strip().upper()
+    out = []
+    for i, (c, w) in enumerate(zip(centers, widths, strict=False)):
+        explanation = str(explanations[i]) if i < len(explanations) else ""
+        out.append(Window(float(c), float(w), function, explanation))
+    return tuple(out)
+
+
+def _int(ds: Dataset, keyword: str, default: int) -> int:
+    value = ds.get(keyword)
+    return default if value is None or value == "" else int(value)
+
+
+def _make_info(ds: Dataset, path: str | None, inferred: bool) -> ImageInfo:
+    meta = _file_meta(ds)
+    ts = str(meta.get("TransferSyntaxUID") or _inferred_transfer_syntax(ds))
+    frames = _int(ds, "NumberOfFrames", 1) or 1
+    slopes = {rescale_of_frame(ds, f)[:2] for f in range(frames)} if frames > 1 else set()
+    slope, intercept, rtype = rescale_of_frame(ds, 0)
+    position = _values(ds, "ImagePositionPatient") or _values(
+        _first_item(ds, "PerFrameFunctionalGroupsSequence", "PlanePositionSequence") or Dataset(),
+        "ImagePositionPatient",
+    )
+    orientation = _values(ds, "ImageOrientationPatient") or _values(
+        _first_item(ds, "SharedFunctionalGroupsSequence", "PlaneOrientationSequence") or Dataset(),
+        "ImageOrientationPatient",
+    )
+    bits_allocated = _int(ds, "BitsAllocated", 0)
+    bits_stored = _int(ds, "BitsStored", bits_allocated)
+    instance = ds.get("InstanceNumber")
+    series_number = ds.get("SeriesNumber")
+    return ImageInfo(
+        path=path,
+        modality=str(ds.get("Modality") or ""),
+        sop_class_uid=str(ds.get("SOPClassUID") or ""),
+        sop_instance_uid=str(ds.get("SOPInstanceUID") or ""),
+        series_instance_uid=str(ds.get("SeriesInstanceUID") or ""),
+        study_instance_uid=str(ds.get("StudyInstanceUID") or ""),
+        rows=_int(ds, "Rows", 0),
+        columns=_int(ds, "Columns", 0),
+        frames=frames,
+        samples_per_pixel=_int(ds, "SamplesPerPixel", 1),
+        bits_allocated=bits_allocated,
+        bits_stored=bits_stored,
+        high_bit=_int(ds, "HighBit", bits_stored - 1),
+        signed=_int(ds, "PixelRepresentation", 0) == 1,
+        photometric=str(ds.get("PhotometricInterpretation") or "").strip().upper(),
+        transfer_syntax=ts,
+        transfer_syntax_inferred=inferred,
+        rescale_slope=slope,
+        rescale_intercept=intercept,
+        rescale_type=rtype,
+        per_frame_rescale=len(slopes) > 1,
+        modality_lut="ModalityLUTSequence" in ds,
+        voi_lut="VOILUTSequence" in ds,
+        windows=_windows(ds),
+        lossy=str(ds.get("LossyImageCompression") or "") == "01",
+        series_number=None if series_number in (None, "") else int(series_number),
+        instance_number=None if instance in (None, "") else int(instance),
+        image_position=tuple(float(v) for v in position) if len(position) == 3 else None,  # type: ignore[arg-type]
+        image_orientation=(
+            tuple(float(v) for v in orientation) if len(orientation) == 6 else None  # type: ignore[arg-type]
+        ),
+    )
+
+
+def _check_grey(ds: Dataset, info: ImageInfo) -> None:
+    name = info.path or "<memory>"
+    if "Rows" not in ds or "Columns" not in ds:
+        sop = UID(info.sop_class_uid).name if info.sop_class_uid else "unknown"
+        if "Image Storage" in sop:
+            raise NotDicomError(
+                f"{name}: header ends early: {sop} object without (0028,0010) Rows / "
+                "(0028,0011) Columns (truncated file?)"
+            )
+        raise UnsupportedImageError(
+            f"{name}: not an image: SOP Class {sop!r} has no pixel data ((0028,0010) Rows missing)"
+        )
+    if info.samples_per_pixel != 1 or info.photometric not in _GREY:
+        raise UnsupportedImageError(
+            f"{name}: colour image: (0028,0004) Photometric Interpretation "
+            f"{info.photometric!r} with (0028,0002) Samples per Pixel {info.samples_per_pixel}; "
+            "medeq equalizes grey-scale images (MONOCHROME1, MONOCHROME2)"
+        )
+    if info.bits_allocated not in (8, 16, 32):
+        raise UnsupportedImageError(
+            f"{name}: unsupported (0028,0100) Bits Allocated {info.bits_allocated}; "
+            "medeq reads 8, 16 and 32"
+        )
+    if not 1 <= info.bits_stored <= info.bits_allocated:
+        raise UnsupportedImageError(
+            f"{name}: (0028,0101) Bits Stored {info.bits_stored} does not fit (0028,0100) "
+            f"Bits Allocated {info.bits_allocated}"
+        )
+    if info.rows < 1 or info.columns < 1:
+        raise UnsupportedImageError(
+            f"{name}: image size (0028,0010) Rows {info.rows} x (0028,0011) Columns "
+            f"{info.columns} is empty"
+        )
+
+
+# --------------------------------------------------------------------------- pixels
+
+
+def _full_dataset(image: DicomImage) -> Dataset:
+    src = image._source
+    if isinstance(src, Dataset):
+        if "TransferSyntaxUID" in _file_meta(src):
+            return src
+        # Decoding needs a transfer syntax; give it one without touching the caller's Dataset.
+        shallow = Dataset(src)
+        shallow.file_meta = FileMetaDataset(_file_meta(src))
+        _set_inferred_transfer_syntax(shallow)
+        return shallow
+    opener: Any = io.BytesIO(src) if isinstance(src, bytes) else src
+    ds, _ = _parse(opener, image.name, stop_before_pixels=False)
+    return ds
+
+
+def _encoded_frames(ds: Dataset, frames: int) -> Iterator[bytes]:
+    from pydicom.encaps import generate_frames
+
+    return generate_frames(ds.PixelData, number_of_frames=frames)
+
+
+def _decode(image: DicomImage) -> NDArray[Any]:
+    info, name = image.info, image.name
+    ds = _full_dataset(image)
+    if "PixelData" not in ds:
+        other = [kw for kw in ("FloatPixelData", "DoubleFloatPixelData") if kw in ds]
+        if other:
+            raise UnsupportedImageError(
+                f"{name}: {other[0]} (float pixel data) is not supported; medeq reads "
+                "integer (7FE0,0010) Pixel Data"
+            )
+        raise CorruptPixelDataError(
+            f"{name}: no (7FE0,0010) Pixel Data (the file ends before it, or it was dropped "
+            "because the encapsulated data is truncated)"
+        )
+    ts = info.transfer_syntax
+    if UID(ts).is_encapsulated:
+        try:
+            for index, frame in enumerate(_encoded_frames(ds, info.frames)):
+                problem = _codestream.codestream_problem(frame, ts)
+                if problem:
+                    raise CorruptPixelDataError(
+                        f"{name}: frame {index + 1} of (7FE0,0010) Pixel Data is corrupt: "
+                        f"{problem} ({info.transfer_syntax_name})"
+                    )
+        except CorruptPixelDataError:
+            raise
+        except Exception as exc:
+            raise CorruptPixelDataError(
+                f"{name}: (7FE0,0010) Pixel Data fragments cannot be split into "
+                f"{info.frames} frame(s): {exc}"
+            ) from exc
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            arr = pixel_array(ds, raw=True)
+        except Exception as exc:  # decoder plugins raise many types on bad input
+            raise CorruptPixelDataError(
+                f"{name}: cannot decode (7FE0,0010) Pixel Data ({info.transfer_syntax_name}): "
+                f"{_first_line(exc)}"
+            ) from exc
+    for w in caught:
+        logger.debug("%s: pydicom: %s", name, w.message)
+    expected = (info.frames, info.rows, info.columns)
+    if arr.size != int(np.prod(expected)):
+        raise CorruptPixelDataError(
+            f"{name}: decoded {arr.size} pixels, but (0028,0008) Number of Frames x "
+            f"(0028,0010) Rows x (0028,0011) Columns = {'x'.join(map(str, expected))}"
+        )
+    return _stored_values(arr.reshape(expected), info)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return " ".join(lines[:3])
+
+
+def _stored_values(arr: NDArray[Any], info: ImageInfo) -> NDArray[Any]:
+    """Native byte order, bits above Bits Stored masked, signed values sign-extended."""
+    nbytes = arr.dtype.itemsize
+    unsigned = np.dtype(f"u{nbytes}")
+    raw = arr.astype(arr.dtype.newbyteorder("="), copy=False).view(unsigned)
+    bits = info.bits_stored
+    if bits < 8 * nbytes:
+        raw = raw & unsigned.type((1 << bits) - 1)
+    if not info.signed:
+        return np.ascontiguousarray(raw)
+    signed = np.dtype(f"i{nbytes}")
+    if bits < 8 * nbytes:
+        # Two's complement in `bits` bits: values with the top stored bit set are negative.
+        sign = unsigned.type(1 << (bits - 1))
+        raw = (raw ^ sign).view(signed) - signed.type(sign)
+        return np.ascontiguousarray(raw.astype(signed, copy=False))
+    return np.ascontiguousarray(raw.view(signed))

@@ -1,0 +1,255 @@
+"""Group files into series and order their slices.
+
+:func:`read_series` reads headers only (pixels stay on disk until a volume is asked for),
+groups images by (0020,000E) *Series Instance UID*, and orders each series along the slice
+normal computed from (0020,0037) *Image Orientation (Patient)* and (0020,0032) *Image
+Position (Patient)*, falling back to (0020,0013) *Instance Number*. Problems are reported
+on the :class:`Series` (duplicates, gaps, mixed sizes) instead of being stacked into a
+nonsense volume.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from numpy.typing import NDArray
+
+from .errors import DicomError, NotDicomError, SeriesError
+from .normalize import modality_values, stack_frames
+from .reader import DicomImage, read
+
+__all__ = ["Series", "find_dicom_files", "read_series"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Series:
+    """The images of one series, in slice order.
+
+    Attributes
+    ----------
+    uid : str
+        (0020,000E) *Series Instance UID* ("" when the files have none).
+    images : list of DicomImage
+        In slice order; exact duplicates (same SOP Instance UID) are dropped.
+    problems : list of str
+        What is odd about the series: duplicate instances or positions, gaps in slice
+        spacing, mixed image sizes. Empty for a clean series.
+    ordered_by : str
+        How the slices were ordered: "position", "instance number" or "file name".
+    """
+
+    uid: str
+    images: list[DicomImage]
+    problems: list[str] = field(default_factory=list)
+    ordered_by: str = "position"
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __iter__(self) -> Iterator[DicomImage]:
+        return iter(self.images)
+
+    def __repr__(self) -> str:
+        first = self.images[0].info if self.images else None
+        what = f"{first.modality} {first.rows}x{first.columns}" if first else "empty"
+        return f"<Series {self.uid or '(no UID)'} {len(self.images)} images, {what}>"
+
+    @property
+    def stackable(self) -> bool:
+        """True when every image has the same rows and columns."""
+        sizes = {(im.info.rows, im.info.columns) for im in self.images}
+        return len(sizes) <= 1
+
+    def volume(self) -> NDArray[Any]:
+        """Modality values (HU for CT) of every frame of every image: ``(slices, rows, columns)``.
+
+        Each image goes through its own Modality LUT (slices may differ in rescale), so
+        the stack is in one unit. Integer when every value is whole, else float32.
+
+        Raises
+        ------
+        SeriesError
+            When the images differ in size.
+        """
+        self._check_stackable()
+        return stack_frames([modality_values(im) for im in self.images])
+
+    def _check_stackable(self) -> None:
+        if not self.stackable:
+            sizes = sorted({f"{im.info.rows}x{im.info.columns}" for im in self.images})
+            raise SeriesError(
+                f"series {self.uid}: cannot stack images of different sizes ({', '.join(sizes)})"
+            )
+
+
+# --------------------------------------------------------------------------- finding files
+
+
+def find_dicom_files(
+    source: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+) -> list[Path]:
+    """The files a folder (recursive), a DICOMDIR or a list of these holds, sorted.
+
+    A DICOMDIR contributes the files its records reference; a folder contributes every
+    regular file below it except DICOMDIR files and hidden files.
+    """
+    items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for item in items:
+        path = Path(item)
+        for f in _expand(path):
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                found.append(f)
+    return found
+
+
+def _expand(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = [
+            p
+            for p in sorted(path.rglob("*"))
+            if p.is_file()
+            and p.name.upper() != "DICOMDIR"
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        ]
+        return files
+    if path.name.upper() == "DICOMDIR" and path.is_file():
+        return _dicomdir_files(path)
+    return [path]
+
+
+def _dicomdir_files(path: Path) -> list[Path]:
+    from pydicom.fileset import FileSet
+
+    try:
+        fileset = FileSet(pydicom.dcmread(path))
+    except Exception as exc:  # pydicom raises many types for a malformed DICOMDIR
+        raise NotDicomError(f"{path}: not a readable DICOMDIR: {exc}") from exc
+    return [Path(instance.path) for instance in fileset]
+
+
+# --------------------------------------------------------------------------- grouping
+
+
+def read_series(
+    source: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *,
+    errors: list[tuple[str, DicomError]] | None = None,
+) -> list[Series]:
+    """Read headers of many files and group them into ordered series.
+
+    Parameters
+    ----------
+    source : path, or iterable of paths
+        Files, folders (searched recursively) and DICOMDIR files.
+    errors : list, optional
+        Files that cannot be read as grey-scale images are appended here as
+        ``(path, error)``; without the list they are logged and skipped.
+
+    Returns
+    -------
+    list of Series
+        Ordered by (0020,0011) *Series Number*, then UID.
+    """
+    groups: dict[str, list[DicomImage]] = {}
+    for path in find_dicom_files(source):
+        try:
+            image = read(path)
+        except DicomError as exc:
+            if errors is None:
+                logger.warning("skipping %s", exc)
+            else:
+                errors.append((str(path), exc))
+            continue
+        groups.setdefault(image.info.series_instance_uid, []).append(image)
+    series = [_make_series(uid, images) for uid, images in groups.items()]
+
+    def key(s: Series) -> tuple[int, str]:
+        number = s.images[0].info.series_number
+        return (number if number is not None else 1 << 30, s.uid)
+
+    return sorted(series, key=key)
+
+
+def _make_series(uid: str, images: Sequence[DicomImage]) -> Series:
+    problems: list[str] = []
+    unique: dict[str, DicomImage] = {}
+    for im in images:
+        sop = im.info.sop_instance_uid or im.name
+        if sop in unique:
+            problems.append(f"duplicate instance {sop}: {im.name} (kept {unique[sop].name})")
+            continue
+        unique[sop] = im
+    kept = list(unique.values())
+    ordered, how, positions = _order(kept)
+    orientations = {im.info.image_orientation for im in kept} - {None}
+    if len(orientations) > 1:
+        problems.append(
+            f"mixed orientations: {len(orientations)} different (0020,0037) Image Orientation "
+            f"(Patient) values; slices ordered by {how}"
+        )
+    series = Series(uid, ordered, problems, how)
+    if not series.stackable:
+        sizes = sorted({f"{im.info.rows}x{im.info.columns}" for im in ordered})
+        problems.append(f"mixed image sizes: {', '.join(sizes)}")
+    if positions is not None and len(positions) > 2:
+        problems.extend(_spacing_problems(ordered, positions))
+    return series
+
+
+def _normal(images: Sequence[DicomImage]) -> NDArray[np.float64] | None:
+    orientations = {im.info.image_orientation for im in images}
+    if len(orientations) != 1 or None in orientations:
+        return None
+    row_col = np.array(next(iter(orientations)), dtype=np.float64)
+    normal = np.cross(row_col[:3], row_col[3:])
+    norm = float(np.linalg.norm(normal))
+    return normal / norm if norm > 0 else None
+
+
+def _order(
+    images: list[DicomImage],
+) -> tuple[list[DicomImage], str, NDArray[np.float64] | None]:
+    normal = _normal(images)
+    if normal is not None and all(im.info.image_position for im in images):
+        distances = np.array([np.dot(normal, np.asarray(im.info.image_position)) for im in images])
+        order = np.argsort(distances, kind="stable")
+        return [images[i] for i in order], "position", distances[order]
+    if all(im.info.instance_number is not None for im in images):
+        ordered = sorted(images, key=lambda im: (im.info.instance_number, im.name))
+        return ordered, "instance number", None
+    return sorted(images, key=lambda im: im.name), "file name", None
+
+
+def _spacing_problems(images: Sequence[DicomImage], positions: NDArray[np.float64]) -> list[str]:
+    problems = []
+    steps = np.diff(positions)
+    same = np.flatnonzero(np.isclose(steps, 0.0, atol=1e-3))
+    for i in same.tolist():
+        problems.append(
+            f"two images at the same position {positions[i]:.3f} mm: "
+            f"{images[i].name} and {images[i + 1].name}"
+        )
+    moving = steps[~np.isclose(steps, 0.0, atol=1e-3)]
+    if moving.size:
+        typical = float(np.median(moving))
+        gaps = np.flatnonzero(steps > 1.5 * typical + 1e-3)
+        for i in gaps.tolist():
+            missing = round(steps[i] / typical) - 1
+            problems.append(
+                f"gap of {steps[i]:.3f} mm between {images[i].name} and {images[i + 1].name} "
+                f"(spacing {typical:.3f} mm): about {missing} slice(s) missing"
+            )
+    return problems

@@ -1,0 +1,316 @@
+"""Reading real DICOM: every shared file has a tested outcome; values, errors, laziness."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+import medeq
+from medeq import CorruptPixelDataError, NotDicomError, UnsupportedImageError
+
+from .conftest import SHARED_DICOM, shared_file
+
+# Every file of the shared set: (frames, rows, columns), stored dtype, min, max -- or the
+# medeq error it must raise. Shapes and dtypes come from the headers; value ranges were
+# checked against pydicom's own decoding where that works.
+EXPECTED: dict[str, tuple[tuple[int, int, int], str, int, int] | type[Exception]] = {
+    "dcm4che__NM-MONO2-16-13x-heart.dcm": ((13, 64, 64), "uint16", 0, 141),
+    "dcm4che__US-RGB-8-esopecho.dcm": UnsupportedImageError,
+    "dcmqa12bit__In_12bitSigned_0x0F0F.dcm": ((1, 384, 384), "int16", -2048, 2047),
+    "dcmqa12bit__In_12bitUnsigned_0x0F0F.dcm": ((1, 384, 384), "uint16", 0, 4095),
+    "dcmqats__In_1.dcm": ((1, 384, 384), "uint16", 0, 2362),
+    "dcmqats__In_2.dcm": ((1, 384, 384), "uint16", 0, 2362),
+    "dcmqats__In_3.dcm": ((1, 384, 384), "uint16", 0, 2362),
+    "dcmqats__In_4.dcm": ((1, 384, 384), "uint16", 0, 2362),
+    "dcmqats__In_5.dcm": ((1, 384, 384), "uint16", 0, 2362),
+    "dcmqats__In_7.dcm": ((1, 384, 384), "uint16", 0, 2362),
+    "dcmqats__In_9.dcm": ((1, 384, 384), "uint16", 0, 2362),
+    "dcmqi__ct-3slice_01.dcm": ((1, 512, 512), "int16", -2000, 2405),
+    "dcmqi__ct-3slice_02.dcm": ((1, 512, 512), "int16", -2000, 2364),
+    "dcmqi__ct-3slice_03.dcm": ((1, 512, 512), "int16", -2000, 2390),
+    "derived__CT1_J2KR_truncated_codestream.dcm": CorruptPixelDataError,
+    "derived__CT1_JPLL_corrupted_bytes.dcm": CorruptPixelDataError,
+    "derived__CT1_UNC_rows_mismatch.dcm": CorruptPixelDataError,
+    "derived__CT1_UNC_truncated_in_header.dcm": NotDicomError,
+    "derived__CT1_UNC_truncated_in_pixeldata.dcm": CorruptPixelDataError,
+    "derived__empty_zero_bytes.dcm": NotDicomError,
+    "derived__not_dicom_text.dcm": NotDicomError,
+    "fodicom__CR-MONO1-10-chest.dcm": ((1, 440, 440), "uint16", 0, 979),
+    "fodicom__CR-ModalitySequenceLUT.dcm": ((1, 1576, 1976), "uint16", 0, 1023),
+    "fodicom__D_CLUNIE_CT1_RLE_FRAGS.dcm": ((1, 512, 512), "int16", -2000, 2278),
+    "fodicom__GH133.dcm": ((1, 3062, 2394), "uint16", 0, 3471),
+    "fodicom__GH1376.dcm": CorruptPixelDataError,
+    "fodicom__GH177_D_CLUNIE_CT1_IVRLE_BigEndian_undefined_length.dcm": NotDicomError,
+    "fodicom__HasFragmentSequence.dcm": ((96, 512, 512), "uint8", 0, 255),
+    "fodicom__JPEGwithIcon.dcm": UnsupportedImageError,
+    "fodicom__abd1_adb1_1.dcm": ((1, 256, 256), "uint16", 0, 678),
+    "fodicom__abd1_adb1_10.dcm": ((1, 256, 256), "uint16", 0, 1105),
+    "fodicom__abd1_adb1_11.dcm": ((1, 256, 256), "uint16", 0, 1089),
+    "fodicom__abd1_adb1_2.dcm": ((1, 256, 256), "uint16", 0, 832),
+    "fodicom__abd1_adb1_3.dcm": ((1, 256, 256), "uint16", 0, 787),
+    "fodicom__abd1_adb1_4.dcm": ((1, 256, 256), "uint16", 0, 831),
+    "fodicom__abd1_adb1_5.dcm": ((1, 256, 256), "uint16", 0, 962),
+    "fodicom__abd1_adb1_6.dcm": ((1, 256, 256), "uint16", 0, 1638),
+    "fodicom__abd1_adb1_7.dcm": ((1, 256, 256), "uint16", 0, 1721),
+    "fodicom__abd1_adb1_8.dcm": ((1, 256, 256), "uint16", 0, 1469),
+    "fodicom__abd1_adb1_9.dcm": ((1, 256, 256), "uint16", 0, 1282),
+    "pydicom__CR1_6154.dcm": ((1, 16, 16), "uint16", 1994, 2802),
+    "pydicom__CT_small.dcm": ((1, 128, 128), "int16", 128, 2191),
+    "pydicom__JPEG2000-embedded-sequence-delimiter.dcm": CorruptPixelDataError,
+    "pydicom__MR_small_bigendian.dcm": ((1, 64, 64), "int16", 127, 2145),
+    "pydicom__MR_small_implicit.dcm": ((1, 64, 64), "int16", 127, 2145),
+    "pydicom__MR_truncated.dcm": CorruptPixelDataError,
+    "pydicom__examples_palette.dcm": UnsupportedImageError,
+    "pydicom__examples_ybr_color.dcm": UnsupportedImageError,
+    "pydicom__image_dfl.dcm": ((1, 512, 512), "uint8", 0, 255),
+    "pydicomdata__eCT_Supplemental.dcm": ((2, 512, 512), "uint16", 0, 1196),
+    "pydicomdata__emri_small.dcm": ((10, 64, 64), "uint16", 0, 467),
+    "pydicomdata__emri_small_RLE.dcm": ((10, 64, 64), "uint16", 0, 467),
+    "pydicomdata__emri_small_jpeg_2k_lossless_too_short.dcm": CorruptPixelDataError,
+    "pydicomdata__mlut_18.dcm": ((1, 512, 512), "int16", -2048, 2047),
+    "pydicomdata__vlut_04.dcm": ((1, 512, 512), "uint8", 0, 255),
+    "pylibjpeg__966_fixed.dcm": ((1, 2128, 2000), "uint16", 0, 4095),
+    "pylibjpeg__JPEGBaseline_1s_1f_u_08_08.dcm": ((1, 100, 100), "uint8", 0, 255),
+    "pylibjpeg__JPEGLossless_1s_1f_u_16_12.dcm": ((1, 1024, 1024), "uint16", 0, 595),
+    "pylibjpeg__RG2_JPLY_fixed.dcm": ((1, 2140, 1760), "uint16", 0, 960),
+    "wg04__CT1_J2KI.dcm": ((1, 512, 512), "int16", -2315, 2409),
+    "wg04__CT1_J2KR.dcm": ((1, 512, 512), "int16", -2000, 2278),
+    "wg04__CT1_JLSL.dcm": ((1, 512, 512), "int16", -2000, 2278),
+    "wg04__CT1_JLSN.dcm": ((1, 512, 512), "int16", -2004, 2278),
+    "wg04__CT1_JPLL.dcm": ((1, 512, 512), "int16", -2000, 2278),
+    "wg04__CT1_RLE.dcm": ((1, 512, 512), "int16", -2000, 2278),
+    "wg04__CT1_UNC.dcm": ((1, 512, 512), "int16", -2000, 2278),
+    "wg04__MR1_UNC.dcm": ((1, 512, 512), "int16", 0, 4000),
+    "wg04__NM1_JPLY.dcm": CorruptPixelDataError,
+    "wg04__RG2_UNC.dcm": ((1, 2140, 1760), "uint16", 0, 893),
+    "wg04__RG3_UNC.dcm": ((1, 1760, 1760), "uint16", 0, 1023),
+}
+
+
+def test_the_table_covers_the_manifest() -> None:
+    manifest = SHARED_DICOM / "MANIFEST.tsv"
+    if not manifest.is_file():
+        pytest.skip(f"{manifest} is absent (set MEDEQ_TEST_DATA)")
+    with manifest.open() as f:
+        names = {row["file"] for row in csv.DictReader(f, delimiter="\t")}
+    assert names == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_shared_file_reads_or_fails_cleanly(name: str) -> None:
+    path = shared_file(name)
+    expected = EXPECTED[name]
+    if isinstance(expected, type):
+        with pytest.raises(expected, match=rf"^{path}: \S"):
+            medeq.normalize(medeq.read(path))
+        return
+    shape, dtype, lo, hi = expected
+    image = medeq.read(path)
+    stored = image.stored
+    assert stored.shape == shape
+    assert stored.dtype == np.dtype(dtype)
+    assert (int(stored.min()), int(stored.max())) == (lo, hi)
+    assert not stored.flags.writeable
+    norm = medeq.normalize(image)
+    assert norm.array.shape == shape
+    assert norm.levels >= 1
+    assert norm.value_range[0] < norm.value_range[1]
+
+
+LOSSLESS_CT1 = [
+    "wg04__CT1_UNC.dcm",
+    "wg04__CT1_RLE.dcm",
+    "fodicom__D_CLUNIE_CT1_RLE_FRAGS.dcm",
+    "wg04__CT1_JPLL.dcm",
+    "wg04__CT1_JLSL.dcm",
+    "wg04__CT1_J2KR.dcm",
+]
+
+
+def test_ct1_lossless_transfer_syntaxes_give_identical_hu() -> None:
+    reference = medeq.modality_values(medeq.read(shared_file(LOSSLESS_CT1[0])))
+    for name in LOSSLESS_CT1[1:]:
+        np.testing.assert_array_equal(
+            medeq.modality_values(medeq.read(shared_file(name))), reference, err_msg=name
+        )
+    # Padding outside the field of view is stored -2000: -3024 HU with intercept -1024.
+    assert reference.min() == -3024
+
+
+def test_ct1_lossy_transfer_syntaxes_are_close() -> None:
+    reference = medeq.modality_values(medeq.read(shared_file("wg04__CT1_UNC.dcm"))).astype(int)
+    near = medeq.modality_values(medeq.read(shared_file("wg04__CT1_JLSN.dcm"))).astype(int)
+    lossy = medeq.modality_values(medeq.read(shared_file("wg04__CT1_J2KI.dcm"))).astype(int)
+    assert 0 < np.abs(near - reference).max() <= 10  # near-lossless: bounded error
+    assert np.abs(lossy - reference).mean() < 50
+
+
+def test_ct_values_are_hounsfield_units() -> None:
+    hu = medeq.modality_values(medeq.read(shared_file("dcmqi__ct-3slice_01.dcm")))[0]
+    assert hu.dtype == np.int16
+    body = hu[(hu > -3000)]
+    air = body[body < -500]
+    soft = body[(body > -200) & (body < 200)]
+    air_mode = np.bincount(air - air.min()).argmax() + air.min()
+    soft_mode = np.bincount(soft - soft.min()).argmax() + soft.min()
+    assert -1050 <= air_mode <= -950  # air
+    assert -100 <= soft_mode <= 100  # water and soft tissue
+
+
+def test_same_mr_in_seven_transfer_syntaxes_decodes_identically() -> None:
+    names = [f"dcmqats__In_{i}.dcm" for i in (1, 2, 3, 4, 5, 7, 9)]
+    images = [medeq.read(shared_file(n)) for n in names]
+    syntaxes = {im.info.transfer_syntax for im in images}
+    assert len(syntaxes) == 7
+    for im in images[1:]:
+        np.testing.assert_array_equal(im.stored, images[0].stored, err_msg=im.name)
+
+
+def test_garbage_high_bits_are_masked_and_signed_values_extended() -> None:
+    for name, signed in [
+        ("dcmqa12bit__In_12bitUnsigned_0x0F0F.dcm", False),
+        ("dcmqa12bit__In_12bitSigned_0x0F0F.dcm", True),
+    ]:
+        path = shared_file(name)
+        raw = np.frombuffer(pydicom.dcmread(path).PixelData, "<u2").reshape(1, 384, 384)
+        assert (raw >> 12).any(), "the file should carry garbage in its high bits"
+        low = (raw & 0x0FFF).astype(np.int32)
+        expected = np.where(low >= 2048, low - 4096, low) if signed else low
+        np.testing.assert_array_equal(medeq.read(path).stored, expected)
+
+
+def test_monochrome1_comes_out_with_dense_structures_bright() -> None:
+    path = shared_file("fodicom__CR-MONO1-10-chest.dcm")
+    image = medeq.read(path)
+    assert image.info.photometric == "MONOCHROME1"
+    stored = image.stored[0].astype(float)
+    shown = medeq.normalize(image).array[0].astype(float)
+    rows = slice(150, 300)
+    spine = np.s_[rows, 200:240]  # mediastinum and spine: dense
+    lung = np.s_[rows, 90:130]  # right lung: air
+    assert stored[spine].mean() < stored[lung].mean()  # MONOCHROME1: dense is dark
+    assert shown[spine].mean() > shown[lung].mean()  # presentation sense: dense is bright
+    assert medeq.normalize(image).inverted
+
+
+def test_file_without_meta_header_is_read_with_inferred_syntax() -> None:
+    image = medeq.read(shared_file("fodicom__CR-MONO1-10-chest.dcm"))
+    assert image.info.transfer_syntax_inferred
+    assert image.info.transfer_syntax == pydicom.uid.ImplicitVRLittleEndian
+    assert image.stored.shape == (1, 440, 440)
+
+
+def test_enhanced_ct_uses_per_frame_rescale() -> None:
+    image = medeq.read(shared_file("pydicomdata__eCT_Supplemental.dcm"))
+    ds = image.dataset
+    assert "RescaleSlope" not in ds
+    groups = ds.SharedFunctionalGroupsSequence[0]
+    item = groups.PixelValueTransformationSequence[0]
+    hu = medeq.modality_values(image)
+    expected = image.stored.astype(float) * float(item.RescaleSlope) + float(item.RescaleIntercept)
+    np.testing.assert_array_equal(hu, expected)
+    assert hu.min() < -900  # air in HU, not raw stored values
+
+
+def test_modality_lut_sequence_is_applied() -> None:
+    image = medeq.read(shared_file("pydicomdata__mlut_18.dcm"))
+    assert image.info.modality_lut
+    values = medeq.modality_values(image)
+    ref = pydicom.pixels.apply_modality_lut(image.stored[0], image.dataset)
+    np.testing.assert_array_equal(values[0], ref)
+
+
+def test_voi_lut_sequence_is_used_by_auto() -> None:
+    image = medeq.read(shared_file("pydicomdata__vlut_04.dcm"))
+    norm = medeq.normalize(image)
+    assert norm.voi == "VOI LUT Sequence item 1"
+    ref = pydicom.pixels.apply_voi(image.stored[0], image.dataset)
+    np.testing.assert_array_equal(norm.array[0], ref)
+
+
+# --------------------------------------------------------------------------- API behaviour
+
+
+def test_read_does_not_decode_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr("medeq.reader._decode", boom)
+    image = medeq.read(get_testdata_file("CT_small.dcm"))
+    assert image.info.rows == 128
+    assert "PixelData" not in image.dataset
+    info = medeq.read_info(get_testdata_file("CT_small.dcm"))
+    assert info.modality == "CT"
+
+
+def test_read_from_file_object_and_dataset_without_modifying_it() -> None:
+    path = get_testdata_file("MR_small.dcm")
+    from_path = medeq.read(path).stored
+    with open(path, "rb") as f:
+        from_file = medeq.read(f).stored
+    ds = pydicom.dcmread(path)
+    before = ds.to_json()
+    from_ds = medeq.read(ds).stored
+    np.testing.assert_array_equal(from_file, from_path)
+    np.testing.assert_array_equal(from_ds, from_path)
+    assert ds.to_json() == before
+    assert medeq.read(io.BytesIO(Path(path).read_bytes())).info.rows == 64
+
+
+def test_info_record_is_complete() -> None:
+    info = medeq.read_info(get_testdata_file("CT_small.dcm"))
+    assert (info.rows, info.columns, info.frames) == (128, 128, 1)
+    assert (info.bits_allocated, info.bits_stored, info.signed) == (16, 16, True)
+    assert info.rescale_intercept == -1024.0
+    assert info.transfer_syntax_name == "Explicit VR Little Endian"
+    assert info.as_dict()["transfer_syntax_name"] == "Explicit VR Little Endian"
+
+
+def test_colour_info_is_readable_but_read_refuses() -> None:
+    path = get_testdata_file("SC_rgb_small_odd.dcm")
+    assert medeq.read_info(path).photometric == "RGB"
+    with pytest.raises(UnsupportedImageError, match=r"Photometric Interpretation 'RGB'"):
+        medeq.read(path)
+
+
+def test_non_image_objects_are_refused() -> None:
+    path = get_testdata_file("rtstruct.dcm")
+    with pytest.raises(UnsupportedImageError, match=r"not an image: SOP Class 'RT Structure"):
+        medeq.read(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (b"", "empty file"),
+        (b"hello, this is a text file\n" * 20, "not DICOM"),
+    ],
+)
+def test_non_dicom_files(tmp_path: Path, content: bytes, match: str) -> None:
+    path = tmp_path / "x.dcm"
+    path.write_bytes(content)
+    with pytest.raises(NotDicomError, match=rf"^{path}: {match}"):
+        medeq.read(path)
+
+
+def test_missing_path_and_folder(tmp_path: Path) -> None:
+    with pytest.raises(NotDicomError, match="no such file"):
+        medeq.read(tmp_path / "nope.dcm")
+    with pytest.raises(NotDicomError, match="is a folder"):
+        medeq.read(tmp_path)
+    with pytest.raises(NotDicomError, match="cannot read 'int'"):
+        medeq.read(42)  # type: ignore[arg-type]
+
+
+def test_truncated_pixel_data_from_pydicom_bundle(tmp_path: Path) -> None:
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    path = tmp_path / "short.dcm"
+    path.write_bytes(data[: len(data) - 5000])
+    with pytest.raises(CorruptPixelDataError, match=r"Pixel Data.*less than expected"):
+        _ = medeq.read(path).stored
