@@ -5,6 +5,7 @@ The public names live here; the modules behind them follow the pipeline
 """
 
 from .core import Variant, equalization_lut, equalize, histogram
+from .enhance import Derived, Method, Quality, enhance
 from .errors import (
     CorruptPixelDataError,
     DicomError,
@@ -17,35 +18,45 @@ from .errors import (
 )
 from .mask import foreground_mask
 from .normalize import Normalized, Preset, modality_values, normalize
+from .preview import plot_comparison, preview
 from .reader import DicomImage, ImageInfo, Window, read, read_info
 from .series import Series, read_series
+from .writer import TransferSyntax, write
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CorruptPixelDataError",
+    "Derived",
     "DicomError",
     "DicomImage",
     "ImageInfo",
     "MedeqError",
+    "Method",
     "Normalized",
     "NotDicomError",
     "OutputError",
     "ParameterError",
     "Preset",
+    "Quality",
     "Series",
     "SeriesError",
+    "TransferSyntax",
     "UnsupportedImageError",
     "Variant",
     "Window",
     "__version__",
+    "enhance",
     "equalization_lut",
     "equalize",
     "foreground_mask",
     "histogram",
     "modality_values",
     "normalize",
+    "plot_comparison",
+    "preview",
     "read",
     "read_info",
     "read_series",
+    "write",
 ]

@@ -197,7 +197,8 @@ class Binning:
         elif self.span == 0:
             return np.full(values.shape, self.bins // 2, dtype=np.intp)
         else:
-            scaled = (values.astype(np.float64) - self.lo) * (self.bins / self.span)
+            # Divide first: a subnormal span would make bins / span overflow to inf.
+            scaled = (values.astype(np.float64) - self.lo) / self.span * self.bins
         index: NDArray[np.intp] = np.clip(np.floor(scaled), 0, last).astype(np.intp)
         return index
 

@@ -1,0 +1,355 @@
+"""Equalize a DICOM image or series into a derived object (not yet written).
+
+:func:`enhance` runs the pipeline: normalise (Modality LUT, VOI, MONOCHROME1), optional
+foreground mask, the core equalizer (or CLAHE), then builds the derived headers and the
+quality figures. :func:`medeq.write` writes the result.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from pydicom.dataset import Dataset
+
+from . import core
+from .errors import ParameterError
+from .mask import foreground_mask
+from .normalize import Normalized, WindowSpec, normalize
+from .reader import DicomImage
+from .writer import derive_header, derived_uid
+
+__all__ = ["Derived", "Method", "Quality", "enhance"]
+
+
+class Method(str, enum.Enum):
+    """Equalization method: one global mapping, or contrast-limited adaptive (CLAHE)."""
+
+    GLOBAL = "global"
+    CLAHE = "clahe"
+
+
+@dataclass(frozen=True)
+class Quality:
+    """Figures of one histogram, all computed over the (masked) pixels.
+
+    Attributes
+    ----------
+    entropy : float
+        Shannon entropy of the level histogram, in bits.
+    rms_contrast : float
+        Standard deviation of the intensities scaled to [0, 1].
+    uniformity : float
+        Distance of the histogram from a flat one: the largest gap between its cumulative
+        distribution and the uniform one (Kolmogorov-Smirnov), 0 for perfectly flat.
+    """
+
+    entropy: float
+    rms_contrast: float
+    uniformity: float
+
+    def as_dict(self) -> dict[str, float]:
+        """The figures as a plain dict, rounded for reports."""
+        return {k: round(float(v), 6) for k, v in self.__dict__.items()}
+
+
+def quality_of(counts: NDArray[np.integer]) -> Quality:
+    """Quality figures of a histogram whose bins are equally spaced levels."""
+    c = np.asarray(counts, dtype=np.float64)
+    total = c.sum()
+    if total <= 0:
+        return Quality(0.0, 0.0, 1.0)
+    p = c / total
+    nz = p[p > 0]
+    entropy = float(-(nz * np.log2(nz)).sum())
+    position = np.arange(c.size) / max(c.size - 1, 1)
+    mean = float((p * position).sum())
+    rms = math.sqrt(max(float((p * (position - mean) ** 2).sum()), 0.0))
+    uniform = np.arange(1, c.size + 1) / c.size
+    ks = float(np.abs(np.cumsum(p) - uniform).max())
+    return Quality(entropy, rms, ks)
+
+
+@dataclass
+class Derived:
+    """The result of :func:`enhance`: new pixels and headers, quality figures, parameters.
+
+    Attributes
+    ----------
+    sources : list of DicomImage
+        The source images, in slice order.
+    headers : list of pydicom.dataset.Dataset
+        The derived header of each source image (pixel data is added when written).
+    pixels : (frames, rows, columns) ndarray of uint8 or uint16
+        Equalized values in ``[0, levels - 1]``, all frames of all images.
+    levels : int
+        Number of output levels.
+    normalized : Normalized
+        What the equalizer was given (for figures and checks).
+    mask : ndarray of bool or None
+        The mask the histogram was built from.
+    parameters : dict
+        The processing parameters, as written to reports.
+    description : str
+        The text added to (0008,2111) Derivation Description.
+    series_uid : str
+        The new (0020,000E) Series Instance UID.
+    before, after : Quality
+        Figures of the normalised input and of the output.
+    """
+
+    sources: list[DicomImage]
+    headers: list[Dataset]
+    pixels: NDArray[Any]
+    levels: int
+    normalized: Normalized
+    mask: NDArray[np.bool_] | None
+    parameters: dict[str, Any]
+    description: str
+    series_uid: str
+    before: Quality
+    after: Quality
+    frame_counts: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Derived {len(self.sources)} image(s), {self.pixels.shape[0]} frame(s), "
+            f"{self.levels} levels: {self.description}>"
+        )
+
+    @property
+    def dataset(self) -> Dataset:
+        """The header of the first (usually only) image."""
+        return self.headers[0]
+
+    def image_pixels(self, index: int) -> NDArray[Any]:
+        """The ``(frames, rows, columns)`` pixels of image ``index``."""
+        start = sum(self.frame_counts[:index])
+        return self.pixels[start : start + self.frame_counts[index]]
+
+    def window(self) -> tuple[float, float]:
+        """(center, width) of the window written to the outputs."""
+        lo, hi = int(self.pixels.min()), int(self.pixels.max())
+        return (lo + hi + 1) / 2, hi - lo + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        """Parameters, UIDs and quality figures, for JSON reports."""
+        return {
+            "parameters": self.parameters,
+            "description": self.description,
+            "series_uid_in": self.sources[0].info.series_instance_uid,
+            "series_uid_out": self.series_uid,
+            "sop_instance_uids_out": [str(h.SOPInstanceUID) for h in self.headers],
+            "quality_before": self.before.as_dict(),
+            "quality_after": self.after.as_dict(),
+        }
+
+
+def default_levels(images: list[DicomImage]) -> int:
+    """2 ** Bits Stored of the sources, kept between 8 and 16 bits."""
+    bits = max(im.info.bits_stored for im in images)
+    return int(2 ** min(max(bits, 8), 16))
+
+
+def _mask_for(
+    mask: str | ArrayLike | None, source: Any, norm: Normalized
+) -> tuple[NDArray[np.bool_] | None, str]:
+    if mask is None:
+        return None, "none"
+    if isinstance(mask, str):
+        if mask.strip().lower() == "none":
+            return None, "none"
+        if mask.strip().lower() != "auto":
+            raise ParameterError(f"mask must be None, 'auto', 'none' or a bool array, got {mask!r}")
+        return foreground_mask(source), "auto"
+    arr = np.asarray(mask)
+    shape = norm.array.shape
+    if arr.dtype != np.bool_:
+        raise ParameterError(f"mask must have dtype bool, got {arr.dtype}")
+    if arr.shape == shape[1:]:
+        arr = np.broadcast_to(arr, shape)
+    if arr.shape != shape:
+        raise ParameterError(
+            f"mask shape {arr.shape} does not match the image: (frames, rows, columns) = "
+            f"{shape} or (rows, columns) = {shape[1:]}"
+        )
+    return arr, "array"
+
+
+def _equalize_clahe(
+    norm: Normalized,
+    bins: int,
+    mask: NDArray[np.bool_] | None,
+    levels: int,
+    clip_limit: float,
+    kernel_size: Any,
+) -> NDArray[Any]:
+    import importlib
+
+    clahe_module: Any = importlib.import_module("medeq.clahe")
+    frames = [
+        clahe_module.clahe(
+            norm.array[i],
+            bins,
+            kernel_size=kernel_size,
+            clip_limit=clip_limit,
+            value_range=norm.value_range,
+            mask=None if mask is None else mask[i],
+            levels=levels,
+        )
+        for i in range(norm.array.shape[0])
+    ]
+    return np.stack(frames)
+
+
+def enhance(
+    image: DicomImage | Any,
+    *,
+    method: Method | str = "global",
+    bins: int | None = None,
+    window: WindowSpec = "auto",
+    mask: str | ArrayLike | None = None,
+    levels: int | None = None,
+    per_slice: bool = False,
+    variant: core.Variant | str = "standard",
+    clip_limit: float = 0.01,
+    kernel_size: int | tuple[int, int] | None = None,
+    keep_private: bool = True,
+) -> Derived:
+    """Equalize a DICOM image or series into a derived object, ready to write.
+
+    Parameters
+    ----------
+    image : DicomImage or Series
+        A series is equalized as one volume (one histogram) unless ``per_slice``.
+    method : {"global", "clahe"}
+        Global histogram equalization, or CLAHE (per slice, with ``clip_limit`` and
+        ``kernel_size``; see :func:`medeq.clahe`).
+    bins : int, optional
+        Histogram bins. Default: one per source level within the window (at most 65536).
+    window : str, int, Preset or (float, float)
+        VOI before equalizing; see :func:`medeq.normalize`.
+    mask : None, "auto" or ndarray of bool
+        Build the histogram from these pixels only; "auto" uses
+        :func:`medeq.foreground_mask`. An array has the shape ``(frames, rows, columns)``
+        or ``(rows, columns)`` (applied to every frame).
+    levels : int, optional
+        Output levels, 2 to 65536. Default: ``2 ** BitsStored`` of the source, kept
+        between 256 and 65536.
+    per_slice : bool
+        Equalize every frame (slice) with its own histogram.
+    variant : {"standard", "seed"}
+        The LUT formula; see :func:`medeq.equalization_lut`.
+    clip_limit, kernel_size
+        CLAHE parameters (ignored by the global method).
+    keep_private : bool
+        Copy private attributes into the derived headers (default True).
+
+    Returns
+    -------
+    Derived
+
+    Raises
+    ------
+    ParameterError
+        For a bad argument (the message names it).
+    DicomError
+        When the source's pixels cannot be used.
+    """
+    images: list[DicomImage] = list(getattr(image, "images", [image]))
+    if not images or not all(isinstance(im, DicomImage) for im in images):
+        raise ParameterError(f"image must be a DicomImage or a Series, got {type(image).__name__}")
+    try:
+        how = Method(method)
+    except ValueError:
+        raise ParameterError(f"method must be 'global' or 'clahe', got {method!r}") from None
+    var = core._as_variant(variant)
+    bins_ = core._check_bins(bins)
+    levels_ = core._check_levels(levels) or default_levels(images)
+    if not isinstance(per_slice, (bool, np.bool_)):
+        raise ParameterError(f"per_slice must be True or False, got {per_slice!r}")
+
+    norm = normalize(image, window=window)
+    mask_arr, mask_text = _mask_for(mask, image, norm)
+    nbins = bins_ or norm.bins
+    if how is Method.GLOBAL:
+        pixels = core.equalize(
+            norm.array,
+            nbins,
+            value_range=norm.value_range,
+            mask=mask_arr,
+            levels=levels_,
+            variant=var,
+            per_slice=bool(per_slice),
+        )
+    else:
+        pixels = _equalize_clahe(norm, nbins, mask_arr, levels_, clip_limit, kernel_size)
+
+    lo, hi = norm.value_range
+    parameters: dict[str, Any] = {
+        "method": how.value,
+        "variant": var.value,
+        "bins": nbins,
+        "value_range": [lo, hi],
+        "window": norm.voi,
+        "mask": mask_text,
+        "levels": levels_,
+        "per_slice": bool(per_slice),
+    }
+    if how is Method.CLAHE:
+        parameters["clip_limit"] = clip_limit
+        parameters["kernel_size"] = kernel_size
+    canonical = ";".join(f"{k}={v}" for k, v in sorted(parameters.items()))
+    from . import __version__
+
+    description = (
+        f"Histogram equalization by medeq {__version__}: {how.value}"
+        f"{', seed formula' if var is core.Variant.SEED else ''}"
+        f"{', per slice' if per_slice else ''}, {nbins} bins over [{lo:g}, {hi:g}], "
+        f"{norm.voi}, mask {mask_text}, {levels_} output levels"
+        + (f", clip limit {clip_limit:g}" if how is Method.CLAHE else "")
+    )
+    first = images[0].info
+    series_uid = derived_uid(
+        first.series_instance_uid or first.sop_instance_uid, canonical, "series"
+    )
+    series_number = min((first.series_number or 0) + 1000, 2**31 - 1)
+    span = (int(pixels.min()), int(pixels.max()))
+    headers = [
+        derive_header(
+            im,
+            levels=levels_,
+            value_span=span,
+            description=description,
+            parameters=canonical,
+            series_uid=series_uid,
+            series_number=series_number,
+            keep_private=keep_private,
+        )
+        for im in images
+    ]
+    before_counts, _ = core.histogram(
+        norm.array, nbins, value_range=norm.value_range, mask=mask_arr
+    )
+    after_counts, _ = core.histogram(pixels, levels_, value_range=(0, levels_ - 1), mask=mask_arr)
+    return Derived(
+        sources=images,
+        headers=headers,
+        pixels=pixels,
+        levels=levels_,
+        normalized=norm,
+        mask=mask_arr,
+        parameters=parameters,
+        description=description,
+        series_uid=series_uid,
+        before=quality_of(before_counts),
+        after=quality_of(after_counts),
+        frame_counts=[im.info.frames for im in images],
+    )

@@ -1,0 +1,579 @@
+"""Derived DICOM objects: a new header from the source's, and atomic writing.
+
+What changes in an output, and why (PS3.3 C.7.6.1, C.12.1, C.11; docs/conformance.md):
+
+- New SOP Instance UID and a new series (UID, number, description); Patient, Study and
+  Frame of Reference are kept, since the geometry is unchanged. UIDs are derived from the
+  source UIDs and the processing parameters, so a re-run gives the same UIDs.
+- Image Type DERIVED\\SECONDARY (other values kept); Derivation Description appended;
+  Source Image Sequence (121322) and Contributing Equipment Sequence (109103) items added.
+- The pixel module describes the new data (unsigned, MONOCHROME2, Bits Stored for the
+  output levels); the values are no longer in physical units, so Rescale Slope 1,
+  Intercept 0, Type US; Modality and VOI LUT Sequences are removed and one window showing
+  the output range is written. Enhanced multi-frame objects get the same inside their
+  functional groups.
+- Everything else is copied unchanged (private tags too, unless asked otherwise).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import enum
+import logging
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import pydicom
+from numpy.typing import NDArray
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import UID, generate_uid
+from pydicom.valuerep import format_number_as_ds
+
+from . import _atomic
+from .errors import OutputError, ParameterError
+from .reader import DicomImage
+
+__all__ = ["TransferSyntax", "derive_header", "derived_uid", "write", "write_dataset"]
+
+logger = logging.getLogger(__name__)
+
+MANUFACTURER = "medeq"
+#: Constant implementation UID of medeq, derived under pydicom's root.
+IMPLEMENTATION_UID = generate_uid(entropy_srcs=["medeq implementation"])
+
+_LOSSY_METHOD = {
+    "1.2.840.10008.1.2.4.50": "ISO_10918_1",
+    "1.2.840.10008.1.2.4.51": "ISO_10918_1",
+    "1.2.840.10008.1.2.4.81": "ISO_14495_1",
+    "1.2.840.10008.1.2.4.91": "ISO_15444_1",
+    "1.2.840.10008.1.2.4.203": "ISO_15444_15",
+}
+
+# Enhanced MR Pulse Sequence attributes are Type 1C "required if Image Type value 1 is
+# ORIGINAL or MIXED, may not be present otherwise" (PS3.3 C.8.13.4): a DERIVED object
+# must drop them.
+_MR_ORIGINAL_ONLY = (
+    "PulseSequenceName",
+    "MRAcquisitionType",
+    "EchoPulseSequence",
+    "MultipleSpinEcho",
+    "MultiPlanarExcitation",
+    "PhaseContrast",
+    "VelocityEncodingAcquisitionSequence",
+    "TimeOfFlightContrast",
+    "ArterialSpinLabelingContrast",
+    "SteadyStatePulseSequence",
+    "EchoPlanarPulseSequence",
+    "SaturationRecovery",
+    "SpectrallySelectedSuppression",
+    "OversamplingPhase",
+    "GeometryOfKSpaceTraversal",
+    "RectilinearPhaseEncodeReordering",
+    "SegmentedKSpaceTraversal",
+    "CoverageOfKSpace",
+    "NumberOfKSpaceTrajectories",
+    "BulkMotionCompensationTechnique",
+)
+ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
+#: Multi-frame IODs built from functional groups (PS3.3 C.7.6.16).
+ENHANCED_CLASSES = frozenset(
+    "1.2.840.10008.5.1.4.1.1." + suffix
+    for suffix in (
+        "2.1",
+        "2.2",
+        "4.1",
+        "4.3",
+        "4.4",
+        "12.1.1",
+        "12.2.1",
+        "13.1.1",
+        "13.1.2",
+        "13.1.3",
+        "128.1",
+        "128.2",
+        "130",
+    )
+)
+
+# Attributes that describe the source's pixel values and no longer apply to the output.
+_STALE = (
+    "ModalityLUTSequence",
+    "VOILUTSequence",
+    "VOILUTFunction",
+    "WindowCenterWidthExplanation",
+    "PixelPaddingValue",
+    "PixelPaddingRangeLimit",
+    "SmallestImagePixelValue",
+    "LargestImagePixelValue",
+    "SmallestPixelValueInSeries",
+    "LargestPixelValueInSeries",
+    "PlanarConfiguration",
+    "IconImageSequence",
+    # A Supplemental Palette maps stored values to colour; the values have changed.
+    "RedPaletteColorLookupTableDescriptor",
+    "GreenPaletteColorLookupTableDescriptor",
+    "BluePaletteColorLookupTableDescriptor",
+    "RedPaletteColorLookupTableData",
+    "GreenPaletteColorLookupTableData",
+    "BluePaletteColorLookupTableData",
+    "SegmentedRedPaletteColorLookupTableData",
+    "SegmentedGreenPaletteColorLookupTableData",
+    "SegmentedBluePaletteColorLookupTableData",
+    "PaletteColorLookupTableUID",
+    "PixelData",
+    "FloatPixelData",
+    "DoubleFloatPixelData",
+    "DataSetTrailingPadding",
+)
+
+
+class TransferSyntax(str, enum.Enum):
+    """Transfer syntaxes medeq writes (all lossless)."""
+
+    EXPLICIT_LITTLE = "explicit-little"
+    RLE = "rle"
+    JPEG_LS = "jpeg-ls"
+    JPEG2000 = "jpeg2000"
+
+    @property
+    def uid(self) -> UID:
+        """The transfer syntax UID."""
+        return UID(_TS_UID[self])
+
+    @classmethod
+    def parse(cls, value: str | TransferSyntax) -> TransferSyntax:
+        """Accept a name (``"rle"``) or a UID; raise ParameterError otherwise."""
+        if isinstance(value, TransferSyntax):
+            return value
+        for ts in cls:
+            if value in (ts.value, _TS_UID[ts]):
+                return ts
+        names = ", ".join(repr(t.value) for t in cls)
+        raise ParameterError(f"transfer_syntax must be one of {names} (or its UID), got {value!r}")
+
+
+_TS_UID = {
+    TransferSyntax.EXPLICIT_LITTLE: pydicom.uid.ExplicitVRLittleEndian,
+    TransferSyntax.RLE: pydicom.uid.RLELossless,
+    TransferSyntax.JPEG_LS: pydicom.uid.JPEGLSLossless,
+    TransferSyntax.JPEG2000: pydicom.uid.JPEG2000Lossless,
+}
+
+
+def derived_uid(source_uid: str, parameters: str, kind: str) -> str:
+    """A UID fixed by the source UID and the processing parameters (same inputs, same UID)."""
+    return str(generate_uid(entropy_srcs=[kind, source_uid, parameters]))
+
+
+def _ds(value: float) -> str:
+    """A DS value that fits 16 characters."""
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return format_number_as_ds(float(value))
+
+
+def _code(value: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = "DCM"
+    item.CodeMeaning = meaning
+    return item
+
+
+def output_bits(levels: int) -> tuple[int, int]:
+    """(Bits Allocated, Bits Stored) for ``levels`` output levels."""
+    stored = max(1, math.ceil(math.log2(levels)))
+    return (8 if stored <= 8 else 16), stored
+
+
+def derive_header(
+    source: DicomImage,
+    *,
+    levels: int,
+    value_span: tuple[int, int],
+    description: str,
+    parameters: str,
+    series_uid: str,
+    series_number: int,
+    series_suffix: str = "EQ",
+    keep_private: bool = True,
+    now: datetime.datetime | None = None,
+) -> Dataset:
+    """The header of the derived object for one source image (no pixel data yet).
+
+    Parameters
+    ----------
+    source : DicomImage
+        The source; its dataset is deep-copied, never modified.
+    levels : int
+        Output levels (2 to 65536): sets Bits Allocated/Stored and High Bit.
+    value_span : (int, int)
+        Lowest and highest output value used: the written window covers exactly these.
+    description : str
+        What was done, appended to (0008,2111) Derivation Description.
+    parameters : str
+        Canonical parameter text; with the source UIDs it fixes the new UIDs.
+    series_uid, series_number : str, int
+        The new series (shared by every output of one source series).
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        # pydicom warns when it re-validates odd source values (an invalid UID copied
+        # into Referenced SOP Instance UID); the source's flaws are not ours to fix.
+        warnings.simplefilter("always")
+        ds = _derive(
+            source,
+            levels,
+            value_span,
+            description,
+            parameters,
+            series_uid,
+            series_number,
+            series_suffix,
+            keep_private,
+            now,
+        )
+    for w in caught:
+        logger.debug("%s: pydicom: %s", source.name, w.message)
+    return ds
+
+
+def _derive(
+    source: DicomImage,
+    levels: int,
+    value_span: tuple[int, int],
+    description: str,
+    parameters: str,
+    series_uid: str,
+    series_number: int,
+    series_suffix: str,
+    keep_private: bool,
+    now: datetime.datetime | None,
+) -> Dataset:
+    src = source.dataset
+    ds = copy.deepcopy(src)
+    # The output is encoded afresh (explicit VR little endian), whatever the source was.
+    ds.set_original_encoding(None, None)
+    for item in ds.iterall():
+        if isinstance(item.value, DicomSequence):
+            for nested in item.value:
+                nested.set_original_encoding(None, None)
+    now = now or datetime.datetime.now().astimezone()
+    for keyword in _STALE:
+        if keyword in ds:
+            del ds[keyword]
+    if str(ds.get("PixelPresentation") or "") in ("COLOR", "MIXED"):
+        ds.PixelPresentation = "MONOCHROME"
+    if source.info.sop_class_uid == ENHANCED_MR:
+        for keyword in _MR_ORIGINAL_ONLY:
+            if keyword in ds:
+                del ds[keyword]
+    _drop_nested_images(ds)
+    if not keep_private:
+        ds.remove_private_tags()
+
+    bits_allocated, bits_stored = output_bits(levels)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = bits_allocated
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    if "PresentationLUTShape" in ds:
+        ds.PresentationLUTShape = "IDENTITY"
+
+    lo, hi = value_span
+    center, width = (lo + hi + 1) / 2, hi - lo + 1
+    has_groups = "SharedFunctionalGroupsSequence" in ds or "PerFrameFunctionalGroupsSequence" in ds
+    enhanced = has_groups or source.info.sop_class_uid in ENHANCED_CLASSES
+    if has_groups:
+        for name in (
+            "RescaleSlope",
+            "RescaleIntercept",
+            "RescaleType",
+            "WindowCenter",
+            "WindowWidth",
+        ):
+            if name in ds:
+                del ds[name]
+        _update_functional_groups(ds, center, width)
+    else:
+        if "RescaleSlope" in src or "RescaleIntercept" in src or source.info.modality == "CT":
+            ds.RescaleIntercept = "0"
+            ds.RescaleSlope = "1"
+            ds.RescaleType = "US"
+        ds.WindowCenter = _ds(center)
+        ds.WindowWidth = _ds(width)
+        ds.WindowCenterWidthExplanation = "EQUALIZED"
+
+    image_type = [str(v) for v in (src.get("ImageType") or [])]
+    ds.ImageType = ["DERIVED", _second_value(image_type, source, enhanced), *image_type[2:]]
+    earlier = str(src.get("DerivationDescription") or "").strip()
+    text = f"{earlier}; {description}" if earlier else description
+    if len(text) > 1024:
+        keep = 1024 - len(description) - 5
+        text = (f"{earlier[:keep]}...; {description}" if keep > 0 else description)[:1024]
+    ds.DerivationDescription = text
+
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = source.info.sop_class_uid
+    reference.ReferencedSOPInstanceUID = source.info.sop_instance_uid
+    if source.info.frames > 1:
+        reference.ReferencedFrameNumber = list(range(1, source.info.frames + 1))
+    reference.PurposeOfReferenceCodeSequence = DicomSequence(
+        [_code("121322", "Source image for image processing operation")]
+    )
+    reference.SpatialLocationsPreserved = "YES"
+    ds.SourceImageSequence = DicomSequence([reference])
+
+    equipment = Dataset()
+    equipment.PurposeOfReferenceCodeSequence = DicomSequence(
+        [_code("109103", "Modifying Equipment")]
+    )
+    equipment.Manufacturer = MANUFACTURER
+    equipment.SoftwareVersions = _version()
+    equipment.ContributionDateTime = now.strftime("%Y%m%d%H%M%S.%f%z")
+    equipment.ContributionDescription = "Histogram equalization"
+    ds.ContributingEquipmentSequence = DicomSequence(
+        [*(src.get("ContributingEquipmentSequence") or []), equipment]
+    )
+
+    ts = source.info.transfer_syntax
+    if ts in _LOSSY_METHOD and str(src.get("LossyImageCompression") or "") != "01":
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = _LOSSY_METHOD[ts]
+
+    ds.SOPInstanceUID = derived_uid(source.info.sop_instance_uid, parameters, "instance")
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = series_number
+    base = str(src.get("SeriesDescription") or "").strip()
+    ds.SeriesDescription = (f"{base} {series_suffix}" if base else series_suffix)[-64:]
+    ds.InstanceCreationDate = now.strftime("%Y%m%d")
+    ds.InstanceCreationTime = now.strftime("%H%M%S")
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(source.info.sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    meta.ImplementationClassUID = IMPLEMENTATION_UID
+    meta.ImplementationVersionName = f"MEDEQ_{_version()}"[:16]
+    ds.file_meta = meta
+    return ds
+
+
+def _second_value(values: list[str], source: DicomImage, enhanced: bool) -> str:
+    """Image Type value 2: SECONDARY, except where the IOD enumerates PRIMARY only.
+
+    NM (PS3.3 C.8.4.6.1.1) and the enhanced multi-frame IODs (C.8.16.1) allow only
+    PRIMARY there, so the source's value is kept.
+    """
+    if source.info.modality == "NM" or enhanced:
+        return values[1] if len(values) > 1 else "PRIMARY"
+    return "SECONDARY"
+
+
+def _drop_nested_images(ds: Dataset) -> None:
+    """Remove top-level elements whose sequences carry encapsulated pixel data.
+
+    Vendors keep compressed thumbnails of the source inside private sequences; they show
+    the source, not the output, and encapsulated data is illegal once the object is
+    written in a native transfer syntax.
+    """
+    doomed = []
+    for element in ds:
+        if element.VR == "SQ" and _holds_encapsulated(element.value):
+            doomed.append(element.tag)
+    for tag in doomed:
+        del ds[tag]
+
+
+def _holds_encapsulated(items: DicomSequence) -> bool:
+    for item in items:
+        for element in item:
+            if element.tag == 0x7FE00010 and (
+                element.is_undefined_length or _is_encapsulated(element.value)
+            ):
+                return True
+            if element.VR == "SQ" and _holds_encapsulated(element.value):
+                return True
+    return False
+
+
+def _is_encapsulated(value: Any) -> bool:
+    return isinstance(value, bytes) and value[:4] == b"\xfe\xff\x00\xe0"
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _groups(ds: Dataset) -> list[Dataset]:
+    shared = list(ds.get("SharedFunctionalGroupsSequence") or [])
+    return [*shared, *(ds.get("PerFrameFunctionalGroupsSequence") or [])]
+
+
+def _update_functional_groups(ds: Dataset, center: float, width: float) -> None:
+    """Rescale, window and frame type inside the functional groups of enhanced objects."""
+    if not ds.get("SharedFunctionalGroupsSequence"):
+        ds.SharedFunctionalGroupsSequence = DicomSequence([Dataset()])
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    per_frame = list(ds.get("PerFrameFunctionalGroupsSequence") or [])
+    for macro, fill in (
+        ("PixelValueTransformationSequence", _fill_rescale),
+        ("FrameVOILUTSequence", lambda item: _fill_window(item, center, width)),
+    ):
+        # A macro sits either in the shared group or in every per-frame group, never both.
+        holders = [g for g in per_frame if macro in g] or [shared]
+        for group in holders:
+            if not group.get(macro):
+                setattr(group, macro, DicomSequence([Dataset()]))
+            fill(group[macro].value[0])
+    for group in _groups(ds):
+        for element in group:
+            if element.keyword.endswith("FrameTypeSequence") and element.value:
+                item = element.value[0]
+                if "FrameType" in item:
+                    values = [str(v) for v in item.FrameType]
+                    item.FrameType = ["DERIVED", *values[1:]]
+
+
+def _fill_rescale(item: Dataset) -> None:
+    item.RescaleIntercept = "0"
+    item.RescaleSlope = "1"
+    item.RescaleType = "US"
+
+
+def _fill_window(item: Dataset, center: float, width: float) -> None:
+    for name in ("VOILUTFunction", "WindowCenterWidthExplanation"):
+        if name in item:
+            del item[name]
+    item.WindowCenter = _ds(center)
+    item.WindowWidth = _ds(width)
+    item.WindowCenterWidthExplanation = "EQUALIZED"
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def with_pixels(header: Dataset, pixels: NDArray[Any], transfer_syntax: TransferSyntax) -> Dataset:
+    """A shallow copy of ``header`` carrying ``pixels``, encoded in ``transfer_syntax``."""
+    ds = copy.copy(header)
+    ds.file_meta = copy.deepcopy(header.file_meta)
+    frames = pixels.shape[0]
+    dtype = np.uint8 if int(header.BitsAllocated) == 8 else np.dtype("<u2")
+    data = np.ascontiguousarray(pixels, dtype=dtype)
+    ds.PixelData = data.tobytes()
+    ds["PixelData"].VR = "OB" if int(header.BitsAllocated) == 8 else "OW"
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    if "NumberOfFrames" in header or frames > 1:
+        ds.NumberOfFrames = frames
+    if transfer_syntax is not TransferSyntax.EXPLICIT_LITTLE:
+        arr = data if frames > 1 else data[0]
+        try:
+            ds.compress(transfer_syntax.uid, arr, generate_instance_uid=False)
+        except Exception as exc:  # encoder plugins raise many types
+            raise OutputError(f"cannot encode as {transfer_syntax.uid.name}: {exc}") from exc
+    return ds
+
+
+def write_dataset(
+    ds: Dataset,
+    path: Path,
+    *,
+    overwrite: bool = True,
+) -> Path:
+    """Write a complete dataset to ``path`` atomically (DICOM file format)."""
+
+    def save(f: BinaryIO) -> None:
+        ds.save_as(f, enforce_file_format=True)
+
+    _atomic.atomic_write(path, save, overwrite=overwrite)
+    return path
+
+
+def source_names(images: Sequence[DicomImage]) -> list[str]:
+    """Output file names for a series: the source's file names, made unique."""
+    names: list[str] = []
+    seen: set[str] = set()
+    for i, im in enumerate(images):
+        stem = Path(im.info.path).stem if im.info.path else im.info.sop_instance_uid or f"{i}"
+        name = f"{stem}.dcm"
+        n = 1
+        while name in seen:
+            n += 1
+            name = f"{stem}_{n}.dcm"
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def write(
+    derived: Any,
+    path: str | os.PathLike[str],
+    *,
+    transfer_syntax: TransferSyntax | str = "explicit-little",
+    preview: bool = False,
+    overwrite: bool = True,
+) -> list[Path]:
+    """Write a derived image or series as DICOM, each file atomically.
+
+    Parameters
+    ----------
+    derived : Derived
+        The result of :func:`medeq.enhance`.
+    path : path
+        For one image: the output file (or an existing folder to put it in, named after
+        the source). For a series: the folder; each file is named after its source.
+    transfer_syntax : {"explicit-little", "rle", "jpeg-ls", "jpeg2000"} or a UID
+        Explicit VR Little Endian (default) or a lossless compressed syntax.
+    preview : bool
+        Also write an 8-bit JPEG beside each DICOM file (same name, ``.jpg``), rendered
+        through the written window.
+    overwrite : bool
+        Replace existing files (default); with False an existing output is an error.
+
+    Returns
+    -------
+    list of Path
+        The DICOM files written, in slice order.
+
+    Raises
+    ------
+    OutputError
+        When a file cannot be written, exists (``overwrite=False``), or would replace a
+        source file.
+    ParameterError
+        For an unknown transfer syntax.
+    """
+    ts = TransferSyntax.parse(transfer_syntax)
+    target = Path(path)
+    sources: list[DicomImage] = derived.sources
+    if len(sources) == 1 and not target.is_dir():
+        files = [target]
+    else:
+        files = [target / name for name in source_names(sources)]
+    inputs = {Path(s.info.path).resolve() for s in sources if s.info.path}
+    for f in files:
+        if f.resolve() in inputs:
+            raise OutputError(f"{f}: refusing to write over a source file")
+    for index, f in enumerate(files):
+        ds = with_pixels(derived.headers[index], derived.image_pixels(index), ts)
+        try:
+            write_dataset(ds, f, overwrite=overwrite)
+        except OutputError:
+            raise
+        except Exception as exc:  # pydicom's writer raises many types on odd values
+            raise OutputError(f"{f}: cannot write DICOM: {exc}") from exc
+    if preview:
+        from .preview import preview_images
+
+        preview_images(derived, [f.with_suffix(".jpg") for f in files], overwrite=overwrite)
+    return files

@@ -1,0 +1,100 @@
+"""JPEG previews and the comparison figure."""
+
+from __future__ import annotations
+
+import builtins
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.pixels import apply_windowing
+
+import medeq
+
+from .conftest import shared_file
+
+
+@pytest.mark.parametrize("levels", [256, 4096, 65536])
+def test_preview_is_what_a_viewer_shows(levels: int, tmp_path: Path) -> None:
+    image = medeq.read(get_testdata_file("CT_small.dcm"))
+    derived = medeq.enhance(image, levels=levels)
+    [dcm] = medeq.write(derived, tmp_path / "o.dcm", preview=True)
+    jpeg = np.asarray(Image.open(dcm.with_suffix(".jpg")), dtype=np.float64)
+    ds = pydicom.dcmread(dcm)
+    # The viewer: pydicom's own LINEAR window on the written pixels, to 8 bits.
+    shown = apply_windowing(ds.pixel_array.astype(np.float64), ds)
+    top = 2 ** int(ds.BitsStored) - 1
+    expected = shown / top * 255
+    assert jpeg.shape == expected.shape
+    assert np.abs(jpeg - expected).mean() < 2.5  # JPEG coding error only (quality 95)
+    exact = medeq.preview.__globals__["render"](derived)[0]
+    assert np.abs(exact - expected).max() <= 1.0
+
+
+def test_preview_of_a_source_and_sizes(tmp_path: Path) -> None:
+    image = medeq.read(shared_file("wg04__RG3_UNC.dcm"))
+    path = medeq.preview(image, tmp_path / "p.jpg", size=256)
+    with Image.open(path) as img:
+        assert img.format == "JPEG"
+        assert max(img.size) == 256
+        assert img.mode == "L"
+
+
+def test_multiframe_frame_choice_and_contact_sheet(tmp_path: Path) -> None:
+    image = medeq.read(shared_file("pydicomdata__emri_small.dcm"))
+    derived = medeq.enhance(image)
+    with Image.open(medeq.preview(derived, tmp_path / "a.jpg", frame=3)) as img:
+        assert img.size == (64, 64)
+    with Image.open(medeq.preview(derived, tmp_path / "s.jpg", frame="sheet")) as img:
+        assert img.size == (4 * 64, 3 * 64)  # 10 frames on a 4 x 3 grid
+    with pytest.raises(medeq.ParameterError, match="frame 10 is out of range: the image has 10"):
+        medeq.preview(derived, tmp_path / "x.jpg", frame=10)
+    with pytest.raises(medeq.ParameterError, match="frame must be None, a frame index or 'sheet'"):
+        medeq.preview(derived, tmp_path / "x.jpg", frame="all")
+    with pytest.raises(medeq.ParameterError, match="quality must be a whole number from 1 to 95"):
+        medeq.preview(derived, tmp_path / "x.jpg", quality=100)
+
+
+def test_comparison_figure(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    image = medeq.read(shared_file("fodicom__CR-MONO1-10-chest.dcm"))
+    derived = medeq.enhance(image)
+    path = medeq.plot_comparison(image, derived, tmp_path / "fig.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as img:
+        assert img.size == (1100, 850)
+    assert derived.after.uniformity < derived.before.uniformity
+    assert derived.after.rms_contrast > derived.before.rms_contrast
+
+
+def test_comparison_without_matplotlib_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_import = builtins.__import__
+
+    def no_matplotlib(name: str, *args: object, **kwargs: object) -> object:
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    image = medeq.read(get_testdata_file("CT_small.dcm"))
+    derived = medeq.enhance(image)
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(medeq.ParameterError, match=r"pip install 'medeq\[plot\]'"):
+        medeq.plot_comparison(image, derived, tmp_path / "fig.png")
+    assert not (tmp_path / "fig.png").exists()
+
+
+def test_quality_figures_of_known_histograms() -> None:
+    from medeq.enhance import quality_of
+
+    flat = quality_of(np.full(256, 10))
+    assert flat.entropy == pytest.approx(8.0)
+    assert flat.uniformity < 1e-9
+    spike = quality_of(np.array([100] + [0] * 255))
+    assert spike.entropy == 0.0
+    assert spike.rms_contrast == 0.0
+    assert spike.uniformity > 0.99
