@@ -4,6 +4,7 @@ The public names live here; the modules behind them follow the pipeline
 (read -> normalise -> core -> write/preview -> convert -> cli).
 """
 
+from .convert import FileResult, Report, convert
 from .core import Variant, equalization_lut, equalize, histogram
 from .enhance import Derived, Method, Quality, enhance
 from .errors import (
@@ -30,6 +31,7 @@ __all__ = [
     "Derived",
     "DicomError",
     "DicomImage",
+    "FileResult",
     "ImageInfo",
     "MedeqError",
     "Method",
@@ -39,6 +41,7 @@ __all__ = [
     "ParameterError",
     "Preset",
     "Quality",
+    "Report",
     "Series",
     "SeriesError",
     "TransferSyntax",
@@ -46,6 +49,7 @@ __all__ = [
     "Variant",
     "Window",
     "__version__",
+    "convert",
     "enhance",
     "equalization_lut",
     "equalize",

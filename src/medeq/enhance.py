@@ -8,6 +8,7 @@ quality figures. :func:`medeq.write` writes the result.
 from __future__ import annotations
 
 import enum
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +20,8 @@ from pydicom.dataset import Dataset
 from . import core
 from .errors import ParameterError
 from .mask import foreground_mask
-from .normalize import Normalized, WindowSpec, normalize
-from .reader import DicomImage
+from .normalize import Normalized, Preset, WindowSpec, normalize, parse_window
+from .reader import DicomImage, Window
 from .writer import derive_header, derived_uid
 
 __all__ = ["Derived", "Method", "Quality", "enhance"]
@@ -150,6 +151,54 @@ class Derived:
             "quality_before": self.before.as_dict(),
             "quality_after": self.after.as_dict(),
         }
+
+
+def canonical_parameters(
+    images: list[DicomImage],
+    *,
+    method: Method | str = "global",
+    bins: int | None = None,
+    window: WindowSpec = "auto",
+    mask: str | ArrayLike | None = None,
+    levels: int | None = None,
+    per_slice: bool = False,
+    variant: core.Variant | str = "standard",
+    clip_limit: float = 0.01,
+    kernel_size: int | tuple[int, int] | None = None,
+) -> str:
+    """The parameters as one canonical text, from the arguments and headers alone.
+
+    With the source UIDs it fixes the derived UIDs, so they can be predicted without
+    decoding a pixel (a resumed batch recognises its own outputs).
+    """
+    spec = parse_window(window)
+    if isinstance(spec, Window):
+        window_text = f"{spec.center:g},{spec.width:g}"
+    elif isinstance(spec, Preset):
+        window_text = spec.value
+    else:
+        window_text = str(spec)
+    if mask is None or (isinstance(mask, str) and mask.strip().lower() == "none"):
+        mask_text = "none"
+    elif isinstance(mask, str):
+        mask_text = mask.strip().lower()
+    else:
+        packed = np.packbits(np.asarray(mask, dtype=bool)).tobytes()
+        mask_text = "array:" + hashlib.sha256(packed).hexdigest()[:16]
+    how = Method(method)
+    fields: dict[str, Any] = {
+        "method": how.value,
+        "bins": bins if bins is not None else "auto",
+        "window": window_text,
+        "mask": mask_text,
+        "levels": levels or default_levels(images),
+        "per_slice": bool(per_slice),
+        "variant": core.Variant(variant).value,
+    }
+    if how is Method.CLAHE:
+        fields["clip_limit"] = f"{float(clip_limit):g}"
+        fields["kernel_size"] = kernel_size
+    return ";".join(f"{k}={v}" for k, v in sorted(fields.items()))
 
 
 def default_levels(images: list[DicomImage]) -> int:
@@ -306,7 +355,18 @@ def enhance(
     if how is Method.CLAHE:
         parameters["clip_limit"] = clip_limit
         parameters["kernel_size"] = kernel_size
-    canonical = ";".join(f"{k}={v}" for k, v in sorted(parameters.items()))
+    canonical = canonical_parameters(
+        images,
+        method=how,
+        bins=bins_,
+        window=window,
+        mask=mask,
+        levels=levels,
+        per_slice=bool(per_slice),
+        variant=var,
+        clip_limit=clip_limit,
+        kernel_size=kernel_size,
+    )
     from . import __version__
 
     description = (

@@ -197,7 +197,7 @@ def modality_values(image: DicomImage) -> NDArray[Any]:
 # --------------------------------------------------------------------------- VOI
 
 
-def _parse_window(window: WindowSpec) -> str | int | Preset | Window:
+def parse_window(window: WindowSpec) -> str | int | Preset | Window:
     """Turn any accepted ``window`` value into "auto", "none", an index, a Preset or Window."""
     if isinstance(window, Preset):
         return window
@@ -360,7 +360,7 @@ def normalize(
     images: list[DicomImage] = list(getattr(image, "images", [image]))
     if not images or not all(isinstance(im, DicomImage) for im in images):
         raise ParameterError(f"image must be a DicomImage or a Series, got {type(image).__name__}")
-    spec = _parse_window(window)
+    spec = parse_window(window)
     first = images[0]
     units = _units(first)
     if isinstance(spec, Preset):

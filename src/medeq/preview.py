@@ -22,7 +22,7 @@ from .enhance import Derived
 from .errors import ParameterError
 from .normalize import Normalized, normalize
 
-__all__ = ["plot_comparison", "preview", "render"]
+__all__ = ["plot_comparison", "preview", "render", "save_preview"]
 
 Frame = int | str | None
 
@@ -239,19 +239,18 @@ def plot_comparison(
     return out
 
 
-def preview_images(
-    derived: Derived,
-    paths: list[Path],
+def save_preview(
+    pixels: NDArray[Any],
+    window: tuple[float, float],
+    path: Path,
     *,
     frame: Frame = None,
     size: int | None = None,
     quality: int = 95,
     overwrite: bool = True,
-) -> list[Path]:
-    """One JPEG per derived image (``paths[i]`` for image ``i``), rendered once for all."""
-    frames = render(derived)
-    start = 0
-    for count, path in zip(derived.frame_counts, paths, strict=True):
-        _save_jpeg(_pick(frames[start : start + count], frame), path, size, quality, overwrite)
-        start += count
-    return paths
+) -> Path:
+    """Write the JPEG of derived ``(frames, rows, columns)`` pixels through their window."""
+    center, width = window
+    return _save_jpeg(
+        _pick(window_to_8bit(pixels, center, width), frame), path, size, quality, overwrite
+    )

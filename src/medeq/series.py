@@ -45,12 +45,15 @@ class Series:
         spacing, mixed image sizes. Empty for a clean series.
     ordered_by : str
         How the slices were ordered: "position", "instance number" or "file name".
+    duplicates : list of DicomImage
+        Images dropped because an earlier file has the same SOP Instance UID.
     """
 
     uid: str
     images: list[DicomImage]
     problems: list[str] = field(default_factory=list)
     ordered_by: str = "position"
+    duplicates: list[DicomImage] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -186,10 +189,12 @@ def read_series(
 def _make_series(uid: str, images: Sequence[DicomImage]) -> Series:
     problems: list[str] = []
     unique: dict[str, DicomImage] = {}
+    duplicates: list[DicomImage] = []
     for im in images:
         sop = im.info.sop_instance_uid or im.name
         if sop in unique:
             problems.append(f"duplicate instance {sop}: {im.name} (kept {unique[sop].name})")
+            duplicates.append(im)
             continue
         unique[sop] = im
     kept = list(unique.values())
@@ -200,7 +205,7 @@ def _make_series(uid: str, images: Sequence[DicomImage]) -> Series:
             f"mixed orientations: {len(orientations)} different (0020,0037) Image Orientation "
             f"(Patient) values; slices ordered by {how}"
         )
-    series = Series(uid, ordered, problems, how)
+    series = Series(uid, ordered, problems, how, duplicates)
     if not series.stackable:
         sizes = sorted({f"{im.info.rows}x{im.info.columns}" for im in ordered})
         problems.append(f"mixed image sizes: {', '.join(sizes)}")

@@ -40,7 +40,15 @@ from . import _atomic
 from .errors import OutputError, ParameterError
 from .reader import DicomImage
 
-__all__ = ["TransferSyntax", "derive_header", "derived_uid", "write", "write_dataset"]
+__all__ = [
+    "TransferSyntax",
+    "derive_header",
+    "derived_uid",
+    "sidecar",
+    "write",
+    "write_dataset",
+    "write_image",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -493,7 +501,12 @@ def write_dataset(
     """Write a complete dataset to ``path`` atomically (DICOM file format)."""
 
     def save(f: BinaryIO) -> None:
-        ds.save_as(f, enforce_file_format=True)
+        with warnings.catch_warnings(record=True) as caught:
+            # Values copied from the source (an invalid UID) make pydicom warn again.
+            warnings.simplefilter("always")
+            ds.save_as(f, enforce_file_format=True)
+        for w in caught:
+            logger.debug("%s: pydicom: %s", path, w.message)
 
     _atomic.atomic_write(path, save, overwrite=overwrite)
     return path
@@ -535,8 +548,8 @@ def write(
     transfer_syntax : {"explicit-little", "rle", "jpeg-ls", "jpeg2000"} or a UID
         Explicit VR Little Endian (default) or a lossless compressed syntax.
     preview : bool
-        Also write an 8-bit JPEG beside each DICOM file (same name, ``.jpg``), rendered
-        through the written window.
+        Also write an 8-bit JPEG beside each DICOM file (same name, ``.jpg``; see
+        :func:`sidecar`), rendered through the written window.
     overwrite : bool
         Replace existing files (default); with False an existing output is an error.
 
@@ -564,16 +577,55 @@ def write(
     for f in files:
         if f.resolve() in inputs:
             raise OutputError(f"{f}: refusing to write over a source file")
+    window = derived.window() if preview else None
     for index, f in enumerate(files):
-        ds = with_pixels(derived.headers[index], derived.image_pixels(index), ts)
-        try:
-            write_dataset(ds, f, overwrite=overwrite)
-        except OutputError:
-            raise
-        except Exception as exc:  # pydicom's writer raises many types on odd values
-            raise OutputError(f"{f}: cannot write DICOM: {exc}") from exc
-    if preview:
-        from .preview import preview_images
-
-        preview_images(derived, [f.with_suffix(".jpg") for f in files], overwrite=overwrite)
+        write_image(
+            derived.headers[index],
+            derived.image_pixels(index),
+            f,
+            transfer_syntax=ts,
+            overwrite=overwrite,
+            preview_window=window,
+        )
     return files
+
+
+def sidecar(path: Path, extension: str) -> Path:
+    """The path of a file that sits beside a DICOM file (``x.dcm`` -> ``x.jpg``).
+
+    DICOM files are often named without an extension or after a UID ("1.2.840..."), so
+    only a DICOM extension is replaced; other names get the extension appended.
+    """
+    if path.suffix.lower() in (".dcm", ".dicom", ".ima"):
+        return path.with_suffix(extension)
+    return path.with_name(path.name + extension)
+
+
+def write_image(
+    header: Dataset,
+    pixels: NDArray[Any],
+    path: Path,
+    *,
+    transfer_syntax: TransferSyntax = TransferSyntax.EXPLICIT_LITTLE,
+    overwrite: bool = True,
+    preview_window: tuple[float, float] | None = None,
+) -> list[Path]:
+    """Write one derived image (and, given its window, its JPEG preview) atomically.
+
+    Returns the files written: the DICOM file, then the preview if any.
+    """
+    ds = with_pixels(header, pixels, transfer_syntax)
+    try:
+        write_dataset(ds, path, overwrite=overwrite)
+    except OutputError:
+        raise
+    except Exception as exc:  # pydicom's writer raises many types on odd values
+        raise OutputError(f"{path}: cannot write DICOM: {exc}") from exc
+    written = [path]
+    if preview_window is not None:
+        from .preview import save_preview
+
+        jpeg = sidecar(path, ".jpg")
+        save_preview(pixels, preview_window, jpeg, overwrite=overwrite)
+        written.append(jpeg)
+    return written

@@ -1,0 +1,611 @@
+"""Batch conversion: many inputs -> derived DICOM files, previews, figures and a report.
+
+:func:`convert` is what ``medeq convert`` runs. It scans headers, groups files into series,
+equalizes each series as one volume (or per slice), and writes the outputs into a tree
+that mirrors the inputs' relative paths. It is built to be one step of a PACS export
+script:
+
+- every output is written atomically; an interrupted run leaves no partial file, and a
+  re-run recognises the outputs it already made (their UIDs are fixed by the source UIDs
+  and the parameters) and finishes the rest;
+- it refuses to write into an input folder or over an input file, and replaces existing
+  outputs only with ``overwrite=True``;
+- a file that fails is reported and the batch goes on;
+- decoding and writing run in ``jobs`` worker processes; one series at a time per worker
+  is held in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from numpy.typing import NDArray
+
+from . import _atomic, core
+from .enhance import Method, canonical_parameters, enhance
+from .errors import DicomError, MedeqError, OutputError, ParameterError
+from .normalize import WindowSpec, parse_window
+from .reader import DicomImage, read
+from .series import Series, _make_series, find_dicom_files
+from .writer import TransferSyntax, derived_uid, sidecar, write_image
+
+__all__ = ["FileResult", "Report", "convert"]
+
+
+@dataclass
+class FileResult:
+    """What happened to one input file."""
+
+    input: str
+    status: str  # converted, skipped, failed or planned
+    outputs: list[str] = field(default_factory=list)
+    error: str | None = None
+    series_uid_in: str | None = None
+    series_uid_out: str | None = None
+    quality_before: dict[str, float] | None = None
+    quality_after: dict[str, float] | None = None
+
+
+@dataclass
+class Report:
+    """The outcome of :func:`convert`: one :class:`FileResult` per input file."""
+
+    output: str
+    parameters: dict[str, Any]
+    files: list[FileResult] = field(default_factory=list)
+    started: str = ""
+    elapsed: float = 0.0
+    dry_run: bool = False
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """Counts per status, and the total."""
+        counts = {"converted": 0, "skipped": 0, "failed": 0, "planned": 0}
+        for f in self.files:
+            counts[f.status] += 1
+        counts["total"] = len(self.files)
+        return counts
+
+    @property
+    def exit_code(self) -> int:
+        """0: every file converted (or already done); 1: some failed; 2: nothing to do."""
+        totals = self.totals
+        if totals["total"] == 0:
+            return 2
+        return 1 if totals["failed"] else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data."""
+        from . import __version__
+
+        return {
+            "medeq_version": __version__,
+            "started": self.started,
+            "elapsed_seconds": round(self.elapsed, 3),
+            "output": self.output,
+            "dry_run": self.dry_run,
+            "parameters": self.parameters,
+            "totals": self.totals,
+            "files": [f.__dict__ for f in self.files],
+        }
+
+    def write_json(self, path: str | os.PathLike[str]) -> Path:
+        """Write the report as JSON, atomically."""
+        import json
+
+        text = json.dumps(self.as_dict(), indent=2, default=str) + "\n"
+        target = Path(path)
+        _atomic.atomic_write(target, lambda f: f.write(text.encode()))
+        return target
+
+
+@dataclass
+class _Job:
+    """One series (or one image) to convert, with where each file goes."""
+
+    images: list[DicomImage]
+    targets: list[Path]
+    done: list[bool]
+    results: list[FileResult]
+
+
+# --------------------------------------------------------------------------- workers
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced(enabled: bool) -> Iterator[None]:
+    """Hide what C decoders print on file descriptor 2 (their messages become our errors)."""
+    if not enabled:
+        yield
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+def _decode_task(path: str, quiet: bool) -> tuple[NDArray[Any] | None, str | None]:
+    try:
+        with _native_stderr_silenced(quiet):
+            image = read(path)
+            return np.array(image.stored), None
+    except MedeqError as exc:
+        return None, str(exc)
+
+
+def _write_task(
+    header: pydicom.Dataset,
+    pixels: NDArray[Any],
+    path: str,
+    ts: TransferSyntax,
+    overwrite: bool,
+    window: tuple[float, float] | None,
+) -> tuple[list[str], str | None]:
+    try:
+        written = write_image(
+            header,
+            pixels,
+            Path(path),
+            transfer_syntax=ts,
+            overwrite=overwrite,
+            preview_window=window,
+        )
+        return [str(p) for p in written], None
+    except MedeqError as exc:
+        return [], str(exc)
+
+
+class _Inline(Executor):
+    """Runs each task at once in this process (``jobs=1``)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+        return future
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def _expand(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[Path, Path]]:
+    """(file, root) pairs: outputs mirror each file's path relative to its root."""
+    pairs: list[tuple[Path, Path]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            pairs += [(f, p) for f in find_dicom_files(p)]
+        elif p.name.upper() == "DICOMDIR" and p.is_file():
+            pairs += [(f, p.parent) for f in find_dicom_files(p)]
+        else:
+            pairs.append((p, p.parent))
+    return pairs
+
+
+def _check_output(output: Path, inputs: Iterable[str | os.PathLike[str]]) -> None:
+    out = output.resolve()
+    for item in inputs:
+        p = Path(item).resolve()
+        folder = p if p.is_dir() else (p.parent if p.name.upper() == "DICOMDIR" else None)
+        if folder is None:
+            continue
+        if out == folder or folder in out.parents or out in folder.parents:
+            raise OutputError(
+                f"{output}: refusing to write into the input tree {item} "
+                "(choose an output folder outside it)"
+            )
+
+
+def _target(file: Path, root: Path, output: Path, taken: set[Path]) -> Path:
+    try:
+        relative = file.resolve().relative_to(root.resolve())
+    except ValueError:
+        relative = Path(file.name)
+    target = output / relative
+    n = 1
+    while target in taken:
+        n += 1
+        target = target.with_name(f"{relative.stem}_{n}{relative.suffix}")
+    taken.add(target)
+    return target
+
+
+def _already_done(target: Path, expected_uid: str) -> bool | str:
+    """True if ``target`` is this command's own output; a message if it is something else."""
+    if not target.exists():
+        return False
+    try:
+        ds = pydicom.dcmread(target, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        if str(ds.get("SOPInstanceUID", "")) == expected_uid:
+            return True
+    except Exception:  # an unreadable file at the target is simply not ours
+        pass
+    return (
+        f"{target}: exists and is not this command's output for these parameters "
+        "(use --overwrite to replace it)"
+    )
+
+
+# --------------------------------------------------------------------------- convert
+
+
+def convert(
+    inputs: Iterable[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    *,
+    method: Method | str = "global",
+    bins: int | None = None,
+    levels: int | None = None,
+    window: WindowSpec = "auto",
+    mask: str | None = None,
+    per_slice: bool = False,
+    variant: core.Variant | str = "standard",
+    clip_limit: float = 0.01,
+    kernel_size: int | tuple[int, int] | None = None,
+    transfer_syntax: TransferSyntax | str = "explicit-little",
+    preview: bool = True,
+    figure: bool = False,
+    jobs: int | None = None,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    keep_private: bool = True,
+    quiet_decoders: bool = True,
+    progress: Callable[[FileResult], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> Report:
+    """Convert files, folders (recursive) and DICOMDIRs into equalized derived DICOM.
+
+    Parameters
+    ----------
+    inputs : iterable of paths
+        Files, folders and DICOMDIR files.
+    output : path
+        The output folder; the tree below it mirrors each input's relative paths.
+    method, bins, levels, window, mask, per_slice, variant, clip_limit, kernel_size
+        As :func:`medeq.enhance` (``mask`` is None, "none" or "auto").
+    transfer_syntax : str
+        As :func:`medeq.write`.
+    preview : bool
+        Write a JPEG beside each DICOM file.
+    figure : bool
+        Write the comparison figure (PNG) for each series.
+    jobs : int, optional
+        Worker processes (default: all cores). 1 runs everything in this process.
+    overwrite : bool
+        Replace existing outputs. Without it, outputs this command already made (same
+        source, same parameters) are skipped and anything else in the way is an error.
+    dry_run : bool
+        Plan only: report what would be written, write nothing.
+    keep_private : bool
+        Copy private attributes into the outputs.
+    quiet_decoders : bool
+        Hide what C decoder libraries print to standard error.
+    progress : callable, optional
+        Called with each :class:`FileResult` as it is settled.
+    on_start : callable, optional
+        Called once with the number of input files found, before any is read.
+
+    Returns
+    -------
+    Report
+        ``report.exit_code`` is 0 when every file was converted or already done, 1 when
+        some failed, 2 when there was nothing to do.
+
+    Raises
+    ------
+    ParameterError
+        For a bad parameter, before anything is read or written.
+    OutputError
+        When the output folder lies in an input folder (or contains one).
+    """
+    paths = [Path(i) for i in inputs]
+    ts = TransferSyntax.parse(transfer_syntax)
+    try:
+        how = Method(method)
+    except ValueError:
+        raise ParameterError(f"method must be 'global' or 'clahe', got {method!r}") from None
+    core._check_bins(bins)
+    core._check_levels(levels)
+    core._as_variant(variant)
+    parse_window(window)
+    if mask not in (None, "none", "auto"):
+        raise ParameterError(f"mask must be 'none' or 'auto', got {mask!r}")
+    workers = (os.cpu_count() or 1) if jobs is None else jobs
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ParameterError(f"jobs must be a whole number >= 1, got {jobs!r}")
+    out = Path(output)
+    _check_output(out, paths)
+    enhance_options: dict[str, Any] = {
+        "method": how,
+        "bins": bins,
+        "window": window,
+        "mask": mask,
+        "levels": levels,
+        "per_slice": per_slice,
+        "variant": variant,
+        "clip_limit": clip_limit,
+        "kernel_size": kernel_size,
+    }
+    report = Report(
+        output=str(out),
+        parameters={
+            **{k: (v.value if isinstance(v, Method) else v) for k, v in enhance_options.items()},
+            "transfer_syntax": ts.value,
+            "preview": preview,
+            "figure": figure,
+            "overwrite": overwrite,
+        },
+        started=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        dry_run=dry_run,
+    )
+    clock = time.perf_counter()
+
+    def settle(result: FileResult) -> None:
+        report.files.append(result)
+        if progress is not None:
+            progress(result)
+
+    pairs = _expand(paths)
+    if on_start is not None:
+        on_start(len(pairs))
+    jobs_todo = _plan(pairs, out, enhance_options, overwrite, dry_run, settle)
+    if not dry_run and jobs_todo:
+        if out.exists():
+            _atomic.remove_stale_parts(out)
+        _run(
+            jobs_todo,
+            workers,
+            enhance_options,
+            ts,
+            preview,
+            figure,
+            overwrite,
+            keep_private,
+            quiet_decoders,
+            settle,
+        )
+    report.elapsed = time.perf_counter() - clock
+    return report
+
+
+def _plan(
+    pairs: list[tuple[Path, Path]],
+    out: Path,
+    options: dict[str, Any],
+    overwrite: bool,
+    dry_run: bool,
+    settle: Callable[[FileResult], None],
+) -> list[_Job]:
+    groups: dict[str, list[tuple[DicomImage, Path]]] = {}
+    taken: set[Path] = set()
+    for file, root in pairs:
+        try:
+            image = read(file)
+        except DicomError as exc:
+            settle(FileResult(str(file), "failed", error=str(exc)))
+            continue
+        target = _target(file, root, out, taken)
+        groups.setdefault(image.info.series_instance_uid or str(file), []).append((image, target))
+
+    jobs: list[_Job] = []
+    for uid, members in groups.items():
+        targets = {id(im): t for im, t in members}
+        series = _make_series(uid, [im for im, _ in members])
+        for dup in series.duplicates:
+            kept = next(
+                im for im in series.images if im.info.sop_instance_uid == dup.info.sop_instance_uid
+            )
+            settle(
+                FileResult(
+                    str(dup.info.path),
+                    "skipped",
+                    error=f"same (0008,0018) SOP Instance UID as {kept.name}: converted once",
+                    series_uid_in=dup.info.series_instance_uid,
+                )
+            )
+        # Images of different sizes cannot share a volume histogram: one job each.
+        batches = [series.images] if series.stackable else [[im] for im in series.images]
+        for batch in batches:
+            canonical = canonical_parameters(batch, **options)
+            series_out = derived_uid(
+                batch[0].info.series_instance_uid or batch[0].info.sop_instance_uid,
+                canonical,
+                "series",
+            )
+            job = _Job([], [], [], [])
+            for im in batch:
+                target = targets[id(im)]
+                expected = derived_uid(im.info.sop_instance_uid, canonical, "instance")
+                done = False if overwrite else _already_done(target, expected)
+                result = FileResult(
+                    str(im.info.path),
+                    "planned",
+                    [str(target)],
+                    series_uid_in=im.info.series_instance_uid,
+                    series_uid_out=series_out,
+                )
+                if isinstance(done, str):
+                    result.status, result.error, result.outputs = "failed", done, []
+                    settle(result)
+                    continue
+                job.images.append(im)
+                job.targets.append(target)
+                job.done.append(done)
+                job.results.append(result)
+            if not job.images:
+                continue
+            if all(job.done):
+                for r in job.results:
+                    r.status = "skipped"
+                    settle(r)
+                continue
+            if dry_run:
+                for r, d in zip(job.results, job.done, strict=True):
+                    r.status = "skipped" if d else "planned"
+                    settle(r)
+                continue
+            jobs.append(job)
+    return jobs
+
+
+def _run(
+    jobs: list[_Job],
+    workers: int,
+    options: dict[str, Any],
+    ts: TransferSyntax,
+    preview: bool,
+    figure: bool,
+    overwrite: bool,
+    keep_private: bool,
+    quiet: bool,
+    settle: Callable[[FileResult], None],
+) -> None:
+    import multiprocessing
+
+    pool: Executor = (
+        _Inline()
+        if workers == 1
+        else ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    )
+    queue = list(reversed(jobs))
+    # Decoded series wait in memory for their writes; a few at a time keeps it bounded.
+    most_in_flight = workers + 1
+    pending: dict[Future[Any], tuple[str, _Job, int]] = {}
+    decoded: dict[int, list[Any]] = {}
+    writes_left: dict[int, int] = {}
+    try:
+        while queue or pending:
+            while queue and len(decoded) + len(writes_left) < most_in_flight:
+                job = queue.pop()
+                decoded[id(job)] = [None] * len(job.images)
+                for i, im in enumerate(job.images):
+                    fut = pool.submit(_decode_task, str(im.info.path), quiet)
+                    pending[fut] = ("decode", job, i)
+            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for task in finished:
+                kind, job, i = pending.pop(task)
+                if kind == "decode":
+                    decoded[id(job)][i] = task.result()
+                    if all(d is not None for d in decoded[id(job)]):
+                        arrays = decoded.pop(id(job))
+                        submitted = _equalize_job(
+                            job,
+                            arrays,
+                            pool,
+                            pending,
+                            options,
+                            ts,
+                            preview,
+                            figure,
+                            overwrite,
+                            keep_private,
+                            settle,
+                        )
+                        if submitted:
+                            writes_left[id(job)] = submitted
+                else:
+                    outcome: tuple[list[str], str | None] = task.result()
+                    result = job.results[i]
+                    result.status = "failed" if outcome[1] else "converted"
+                    result.error = outcome[1]
+                    result.outputs = [] if outcome[1] else outcome[0]
+                    settle(result)
+                    writes_left[id(job)] -= 1
+                    if writes_left[id(job)] == 0:
+                        del writes_left[id(job)]
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _equalize_job(
+    job: _Job,
+    arrays: list[tuple[NDArray[Any] | None, str | None]],
+    pool: Executor,
+    pending: dict[Future[Any], tuple[str, _Job, int]],
+    options: dict[str, Any],
+    ts: TransferSyntax,
+    preview: bool,
+    figure: bool,
+    overwrite: bool,
+    keep_private: bool,
+    settle: Callable[[FileResult], None],
+) -> int:
+    """Equalize one decoded job in this process and submit its writes; return how many."""
+    good: list[int] = []
+    for i, (arr, error) in enumerate(arrays):
+        if error is not None:
+            job.results[i].status, job.results[i].error = "failed", error
+            job.results[i].outputs = []
+            settle(job.results[i])
+        else:
+            assert arr is not None
+            arr.flags.writeable = False
+            job.images[i]._stored = arr
+            good.append(i)
+    if not good:
+        return 0
+    images = [job.images[i] for i in good]
+    source: Any = (
+        images[0] if len(images) == 1 else Series(images[0].info.series_instance_uid, images)
+    )
+    try:
+        derived = enhance(source, keep_private=keep_private, **options)
+        if figure:
+            from .preview import plot_comparison
+
+            plot_comparison(
+                source, derived, sidecar(job.targets[good[0]], ".comparison.png"), overwrite=True
+            )
+    except MedeqError as exc:
+        for i in good:
+            job.results[i].status, job.results[i].error = "failed", str(exc)
+            job.results[i].outputs = []
+            settle(job.results[i])
+        return 0
+    window = derived.window() if preview else None
+    submitted = 0
+    for n, i in enumerate(good):
+        result = job.results[i]
+        result.quality_before = derived.before.as_dict()
+        result.quality_after = derived.after.as_dict()
+        result.series_uid_out = derived.series_uid
+        if job.done[i]:
+            result.status = "skipped"
+            settle(result)
+            continue
+        fut = pool.submit(
+            _write_task,
+            derived.headers[n],
+            derived.image_pixels(n),
+            str(job.targets[i]),
+            ts,
+            overwrite,
+            window,
+        )
+        pending[fut] = ("write", job, i)
+        submitted += 1
+    for im in images:
+        im.release()
+    return submitted
