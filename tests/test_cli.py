@@ -1,0 +1,240 @@
+"""The medeq command, run as a user runs it: a real subprocess on real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+from .conftest import shared_file
+
+GOOD = ["wg04__CT1_RLE.dcm", "wg04__RG3_UNC.dcm", "pydicom__MR_small_bigendian.dcm"]
+BAD = [
+    "derived__CT1_JPLL_corrupted_bytes.dcm",
+    "derived__empty_zero_bytes.dcm",
+    "pydicom__examples_palette.dcm",
+]
+
+
+def medeq(
+    *args: str, stdin: str | None = None, check_rc: int | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    run = subprocess.run(
+        [sys.executable, "-m", "medeq", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check_rc is not None:
+        assert run.returncode == check_rc, run.stderr
+    return run
+
+
+def make_series(folder: Path, count: int, size: int = 128) -> list[Path]:
+    """A synthetic CT series: pydicom's CT_small re-used with new UIDs and positions."""
+    folder.mkdir(parents=True, exist_ok=True)
+    template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    series_uid = generate_uid()
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(count):
+        ds = template.copy()
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [0, 0, float(i)]
+        pixels = np.roll(template.pixel_array, i, axis=0)[:size, :size]
+        pixels = (pixels + rng.integers(0, 20, pixels.shape)).astype(np.int16)
+        ds.Rows, ds.Columns = pixels.shape
+        ds.PixelData = pixels.tobytes()
+        path = folder / f"slice{i:03d}.dcm"
+        ds.save_as(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def mixed(tmp_path: Path) -> Path:
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    for name in GOOD:
+        shutil.copy(shared_file(name), folder / "sub" / name)
+    for name in BAD:
+        shutil.copy(shared_file(name), folder / name)
+    return folder
+
+
+def test_bad_files_never_stop_the_batch(mixed: Path, tmp_path: Path) -> None:
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    run = medeq(
+        "convert", str(mixed), "-o", str(out), "--report", str(report), "--jobs", "2", check_rc=1
+    )
+    # Non-TTY: no progress bar, no escape codes; one line per failed file, then a summary.
+    assert "\r" not in run.stderr and "\x1b" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len([ln for ln in lines if ln.startswith("medeq: error: ")]) == len(BAD)
+    assert "Traceback" not in run.stderr
+    assert lines[-1].startswith("medeq: 3 converted, 0 skipped, 3 failed of 6 file(s)")
+    for name in GOOD:
+        assert (out / "sub" / name).is_file()
+        assert (out / "sub" / name).with_suffix(".jpg").is_file()
+    data = json.loads(report.read_text())
+    assert data["totals"] == {"converted": 3, "skipped": 0, "failed": 3, "planned": 0, "total": 6}
+    by_name = {Path(f["input"]).name: f for f in data["files"]}
+    ct = by_name["wg04__CT1_RLE.dcm"]
+    assert ct["status"] == "converted"
+    assert ct["series_uid_in"] == str(pydicom.dcmread(shared_file(GOOD[0])).SeriesInstanceUID)
+    assert ct["series_uid_out"] == str(pydicom.dcmread(out / "sub" / GOOD[0]).SeriesInstanceUID)
+    assert ct["quality_after"]["uniformity"] < ct["quality_before"]["uniformity"]
+    assert by_name["derived__CT1_JPLL_corrupted_bytes.dcm"]["error"].endswith(
+        "(JPEG Lossless, Non-Hierarchical, First-Order Prediction (Process 14 [Selection Value 1]))"
+    )
+    assert data["parameters"]["window"] == "auto"
+
+
+def test_rerun_skips_finished_outputs(mixed: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    medeq("convert", str(mixed), "-o", str(out), "--jobs", "1", check_rc=1)
+    stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    run = medeq("convert", str(mixed), "-o", str(out), "--jobs", "1", check_rc=1)
+    assert "0 converted, 3 skipped, 3 failed" in run.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == stamp
+    # Different parameters do not silently pass for finished outputs.
+    run = medeq(
+        "convert", str(mixed / "sub"), "-o", str(out / "sub"), "--window", "none", check_rc=1
+    )
+    assert "is not this command's output for these parameters (use --overwrite" in run.stderr
+    medeq(
+        "convert",
+        str(mixed / "sub"),
+        "-o",
+        str(out / "sub"),
+        "--window",
+        "none",
+        "--overwrite",
+        check_rc=0,
+    )
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    for k in range(30):  # thirty one-image series: progress is visible file by file
+        make_series(inputs / f"s{k:02d}", 1)
+    reference = tmp_path / "ref"
+    medeq("convert", str(inputs), "-o", str(reference), "--jobs", "1", check_rc=0)
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medeq", "convert", str(inputs), "-o", str(out), "--jobs", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(out.rglob("*.dcm"))) < 5:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(out.rglob("*.dcm")))
+    assert 0 < done_before < 30, "the kill should land mid-way"
+    # Whatever is at a final path is complete: every DICOM file there reads in full.
+    for f in out.rglob("*.dcm"):
+        assert pydicom.dcmread(f).pixel_array.shape == (128, 128)
+    run = medeq("convert", str(inputs), "-o", str(out), "--jobs", "1", check_rc=0)
+    assert f"{done_before} skipped" in run.stderr or done_before >= 29
+    assert not list(out.rglob("*.part"))
+    ref_files = sorted(p.relative_to(reference) for p in reference.rglob("*.dcm"))
+    assert sorted(p.relative_to(out) for p in out.rglob("*.dcm")) == ref_files
+    for rel in ref_files:
+        a, b = pydicom.dcmread(reference / rel), pydicom.dcmread(out / rel)
+        assert a.SOPInstanceUID == b.SOPInstanceUID
+        assert a.SeriesInstanceUID == b.SeriesInstanceUID
+        assert a.PixelData == b.PixelData
+
+
+def test_series_is_one_volume_and_jobs_agree(tmp_path: Path) -> None:
+    make_series(tmp_path / "in", 12, size=96)
+    one, two = tmp_path / "one", tmp_path / "two"
+    medeq(
+        "convert", str(tmp_path / "in"), "-o", str(one), "--jobs", "1", "--no-preview", check_rc=0
+    )
+    medeq(
+        "convert", str(tmp_path / "in"), "-o", str(two), "--jobs", "2", "--no-preview", check_rc=0
+    )
+    files = sorted(one.glob("*.dcm"))
+    assert len(files) == 12 and not list(one.glob("*.jpg"))
+    series = {pydicom.dcmread(f).SeriesInstanceUID for f in files}
+    assert len(series) == 1
+    for f in files:
+        assert pydicom.dcmread(f).PixelData == pydicom.dcmread(two / f.name).PixelData
+    volume = np.stack([pydicom.dcmread(f).pixel_array for f in files])
+    assert volume.min() == 0 and volume.max() == 65535  # one histogram over the volume
+    assert {int(pydicom.dcmread(f).pixel_array.max()) for f in files} != {65535}
+
+
+def test_stdin_dry_run_and_refusals(tmp_path: Path) -> None:
+    paths = make_series(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    run = medeq(
+        "convert",
+        "-",
+        "-o",
+        str(out),
+        "--dry-run",
+        stdin="\n".join(map(str, paths)) + "\n",
+        check_rc=0,
+    )
+    assert run.stdout.count("planned") == 3
+    assert not out.exists()
+    run = medeq("convert", str(tmp_path / "in"), "-o", str(tmp_path / "in" / "out"), check_rc=2)
+    assert "refusing to write into the input tree" in run.stderr
+    run = medeq("convert", str(paths[0]), "-o", str(out), "--window", "soft", check_rc=2)
+    assert "medeq: error: window must be 'auto', 'none'" in run.stderr
+    assert "Traceback" not in run.stderr
+    medeq("convert", "-o", str(out), check_rc=2)
+    run = medeq("convert", str(tmp_path / "nothing-here"), "-o", str(out), check_rc=1)
+    assert "no such file" in run.stderr
+
+
+def test_info_and_plot(tmp_path: Path) -> None:
+    ct = get_testdata_file("CT_small.dcm")
+    run = medeq("info", ct, "--json", check_rc=0)
+    [record] = json.loads(run.stdout)
+    assert record["modality"] == "CT" and record["rows"] == 128
+    run = medeq("info", ct, str(shared_file("pydicom__examples_palette.dcm")), check_rc=0)
+    assert "PALETTE COLOR" in run.stdout
+    run = medeq("info", str(tmp_path / "missing.dcm"), check_rc=1)
+    assert "no such file" in run.stderr
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "fig.png"
+    medeq("plot", ct, "-o", str(png), "--window", "abdomen", check_rc=0)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_console_script_and_sample(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "medeq"
+    if not script.exists():
+        pytest.skip("console script not installed (run pip install -e .)")
+    run = subprocess.run(
+        [str(script), "convert", "--sample", "-o", str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert len(list((tmp_path / "s").glob("*.jpg"))) == 3
+    assert "3 converted" in run.stderr
