@@ -4,6 +4,7 @@ The public names live here; the modules behind them follow the pipeline
 (read -> normalise -> core -> write/preview -> convert -> cli).
 """
 
+from .clahe import clahe
 from .core import Variant, equalization_lut, equalize, histogram
 from .errors import (
     CorruptPixelDataError,
@@ -29,6 +30,7 @@ __all__ = [
     "UnsupportedImageError",
     "Variant",
     "__version__",
+    "clahe",
     "equalization_lut",
     "equalize",
     "histogram",
