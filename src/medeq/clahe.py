@@ -127,9 +127,11 @@ def _axis_weights(
     """For each of ``size`` pixels along an axis: the tiles whose centres surround it and
     the weight of the second. Pixels beyond the first or last centre take that tile alone.
 
-    A tile's centre is the middle of its pixels, ``start + (kernel - 1) / 2``.
+    A tile's centre is ``start + kernel / 2`` in pixel indices, where OpenCV and
+    scikit-image put it (half a pixel past the middle of its pixels): the two peers agree
+    on it, and matching them keeps medeq's result within a fraction of a percent of theirs.
     """
-    centres = (edges[:-1] + edges[1:] - 1) / 2.0
+    centres = (edges[:-1] + edges[1:]) / 2.0
     pos = np.arange(size, dtype=np.float64)
     hi = np.searchsorted(centres, pos, side="right")
     lo = hi - 1
@@ -356,8 +358,9 @@ def clahe(
     sweeps starting at bin 0, 1, 2, ... The total stays ``N``. The tile's mapping is
     ``lut[k] = cdf[k] / N``: :func:`medeq.equalization_lut` with ``variant="seed"``. A
     pixel in bin ``k`` gets the bilinear blend of ``lut[k]`` of the four tiles whose
-    centres surround it (a tile's centre is the middle of its pixels; beyond the
-    outermost centres, of the two or one nearest), times ``L - 1``, rounded half to even.
+    centres surround it (a tile starting at pixel ``s`` has its centre at
+    ``s + kernel_size / 2``, as in OpenCV and scikit-image; beyond the outermost centres,
+    of the two or one nearest), times ``L - 1``, rounded half to even.
 
     An image whose (masked) values all fall in one bin, such as a constant image, comes
     back unchanged in the output type, as from :func:`medeq.equalize`.
