@@ -74,10 +74,15 @@ def axis_weights(size: int, kernel: int, tiles: int) -> tuple[np.ndarray, ...]:
     return lo, hi, w
 
 
-def reference_positions(
-    bin_image: np.ndarray, nbins: int, kernel: tuple[int, int], clip_limit: float | None
+def reference(
+    bin_image: np.ndarray,
+    nbins: int,
+    kernel: tuple[int, int],
+    clip_limit: float | None,
+    levels: int | None,
 ) -> np.ndarray:
-    """CLAHE of an image of bin indices, as positions in [0, 1], straight from the docs."""
+    """CLAHE of an image of bin indices, straight from the docs: output levels rounded
+    half to even with ``levels``, else positions in [0, 1]."""
     rows, cols = bin_image.shape
     ty, tx = -(-rows // kernel[0]), -(-cols // kernel[1])
     padded = np.pad(
@@ -88,7 +93,7 @@ def reference_positions(
         for j in range(tx):
             tile = padded[i * kernel[0] : (i + 1) * kernel[0], j * kernel[1] : (j + 1) * kernel[1]]
             hist = clip_reference(np.bincount(tile.ravel(), minlength=nbins), clip_limit)
-            luts[i, j] = medeq.equalization_lut(hist, None, variant="seed")
+            luts[i, j] = medeq.equalization_lut(hist, levels, variant="seed")
     ylo, yhi, wy = axis_weights(rows, kernel[0], ty)
     xlo, xhi, wx = axis_weights(cols, kernel[1], tx)
     yy, xx = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
@@ -97,7 +102,8 @@ def reference_positions(
     top = a + wx[xx] * (luts[ylo[yy], xhi[xx], b] - a)
     a = luts[yhi[yy], xlo[xx], b]
     bottom = a + wx[xx] * (luts[yhi[yy], xhi[xx], b] - a)
-    return top + wy[yy] * (bottom - top)
+    blend = top + wy[yy] * (bottom - top)
+    return blend if levels is None else np.rint(blend)
 
 
 def integer_bins(img: np.ndarray, nbins: int) -> np.ndarray:
@@ -142,7 +148,7 @@ def test_matches_a_transcription_of_the_documented_algorithm(
         return
     nbins = int(img.max()) - int(img.min()) + 1
     kernel = (min(ky, rows), min(kx, cols))
-    expected = np.rint(reference_positions(integer_bins(img, nbins), nbins, kernel, clip) * 255)
+    expected = reference(integer_bins(img, nbins), nbins, kernel, clip, 256)
     np.testing.assert_array_equal(out, expected)
 
 
@@ -152,13 +158,16 @@ def test_transcription_holds_for_signed_and_float_data_and_any_bins(
 ) -> None:
     hu = np.rint(phantom((70, 90), -1000, 1500, seed=bins)).astype(np.int16)
     out = medeq.clahe(hu, bins, kernel_size=(20, 25), clip_limit=0.02)
-    expected = reference_positions(integer_bins(hu, bins), bins, (20, 25), 0.02)
-    np.testing.assert_array_equal(out, np.rint(expected * 65535))
+    expected = reference(integer_bins(hu, bins), bins, (20, 25), 0.02, 65536)
+    np.testing.assert_array_equal(out, expected)
+    out = medeq.clahe(hu, bins, kernel_size=(20, 25), clip_limit=0.02, levels=1000)
+    expected = reference(integer_bins(hu, bins), bins, (20, 25), 0.02, 1000)
+    np.testing.assert_array_equal(out, expected)
 
     f = rng.normal(size=(50, 60)).astype(np.float32)
     f64, lo, hi = f.astype(np.float64), float(f.min()), float(f.max())
     idx = np.minimum(np.floor((f64 - lo) * (bins / (hi - lo))).astype(int), bins - 1)
-    expected = reference_positions(idx, bins, (16, 16), 0.02)
+    expected = reference(idx, bins, (16, 16), 0.02, None)
     out = medeq.clahe(f, bins, kernel_size=16, clip_limit=0.02)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-7)
@@ -180,9 +189,15 @@ def test_tile_mapping_is_equalization_lut_of_the_clipped_histogram(
     table = np.arange(nbins, dtype=np.uint16)
     edges = (np.array([0, 1]), np.array([0, pixels.shape[1]]))
     luts = np.empty((1, 1, nbins))
+    levels = np.empty((1, 1, nbins), np.uint8)
     filled = np.zeros((1, 1), bool)
     scratch = np.empty(nbins, np.int32)
-    _clahe_kernels.tile_mappings(pixels, table, None, edges, clip, (luts, filled), scratch, (0, 1))
+    _clahe_kernels.tile_mappings(
+        pixels, table, None, edges, clip, 256, (levels, filled), scratch, (0, 1)
+    )
+    _clahe_kernels.tile_mappings(
+        pixels, table, None, edges, clip, None, (luts, filled), scratch, (0, 1)
+    )
     clipped = scratch
     total = sum(counts)
     limit = max(int(np.floor(clip * total)), 1, -(-total // nbins))
@@ -350,7 +365,7 @@ def test_mapping_is_monotone_within_a_tile(rng: np.random.Generator) -> None:
     for clip in (None, 0.01):
         src, table = clahe_module._bin_source(img, medeq.core._binning(img, None, None, (0, 4000)))
         edges = (clahe_module._tile_edges(128, 20), clahe_module._tile_edges(96, 20))
-        luts = clahe_module._tile_mappings(src, table, None, edges, 4001, clip)
+        luts = clahe_module._tile_mappings(src, table, None, edges, 4001, clip, None)
         assert luts is not None
         assert np.all(np.diff(luts, axis=2) >= 0)
         np.testing.assert_allclose(luts[..., -1], 1.0)

@@ -83,7 +83,7 @@ def _clip(hist, total, clip_limit):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True)
-def _clip_and_map(hist, clip_limit, lut):  # type: ignore[no-untyped-def]
+def _clip_and_map(hist, clip_limit, top, lut):  # type: ignore[no-untyped-def]
     total = 0
     for k in range(hist.size):
         total += hist[k]
@@ -92,18 +92,22 @@ def _clip_and_map(hist, clip_limit, lut):  # type: ignore[no-untyped-def]
     _clip(hist, total, clip_limit)
     # The running sum of count / N, in this order, is exactly what numpy's
     # cumsum(counts / N) computes: the mapping is bit for bit
-    # equalization_lut(clipped, None, variant="seed"), and the tests hold them together.
-    # Calling that function per tile costs more than all of OpenCV's CLAHE on 16-bit data.
+    # equalization_lut(clipped, top + 1 or None, variant="seed"), and the tests hold them
+    # together. Calling that function per tile costs more than all of OpenCV's CLAHE on
+    # 16-bit data.
     position = 0.0
     for k in range(hist.size):
         position += hist[k] / total
-        lut[k] = min(position, 1.0)
+        if top:
+            lut[k] = np.rint(min(position, 1.0) * top)
+        else:
+            lut[k] = min(position, 1.0)
     return True
 
 
 @numba.njit(cache=True, nogil=True)
 def _tile_mappings(  # type: ignore[no-untyped-def]
-    src, table, mask, row_edges, col_edges, clip_limit, hist, luts, filled, ty0, ty1
+    src, table, mask, row_edges, col_edges, clip_limit, top, hist, luts, filled, ty0, ty1
 ):
     # Tile by tile, so one histogram (not a whole row of them) is hot in the cache.
     for ty in range(ty0, ty1):
@@ -111,7 +115,7 @@ def _tile_mappings(  # type: ignore[no-untyped-def]
             hist[:] = 0
             y0, y1 = row_edges[ty], row_edges[ty + 1]
             _histogram(src, table, mask, y0, y1, col_edges[tx], col_edges[tx + 1], hist)
-            filled[ty, tx] = _clip_and_map(hist, clip_limit, luts[ty, tx])
+            filled[ty, tx] = _clip_and_map(hist, clip_limit, top, luts[ty, tx])
 
 
 def tile_mappings(
@@ -120,7 +124,8 @@ def tile_mappings(
     mask: NDArray[np.bool_] | None,
     edges: tuple[NDArray[np.intp], NDArray[np.intp]],
     clip_limit: float,
-    out: tuple[NDArray[np.floating], NDArray[np.bool_]],
+    levels: int | None,
+    out: tuple[NDArray[Any], NDArray[np.bool_]],
     scratch: NDArray[np.integer],
     tile_rows: tuple[int, int],
 ) -> None:
@@ -130,8 +135,9 @@ def tile_mappings(
     ``col_edges[tx] <= x < col_edges[tx + 1]`` (with ``mask``, only those where it is
     True); edges may run past the image by less than its size, where the image is
     mirrored about its last row or column. ``out`` is ``(luts, filled)``: ``luts``
-    (shape ``(tiles_y, tiles_x, B)``) receives the mappings in [0, 1], ``filled``
-    whether the tile has any pixel (its ``luts`` entry is left alone when not).
+    (shape ``(tiles_y, tiles_x, B)``) receives the mappings, in [0, 1] when ``levels`` is
+    None, else rounded to output levels ``0 .. levels - 1``; ``filled`` tells whether the
+    tile has any pixel (its ``luts`` entry is left alone when not).
     ``scratch`` (``B`` integers wide enough for a tile's pixel count) holds one histogram
     at a time and ends with the last tile's clipped histogram.
 
@@ -142,18 +148,21 @@ def tile_mappings(
     ``o, o + s, o + 2s, ...`` that are below ``c``, with ``s = max(B // E_left, 1)``
     and ``o = 0, 1, 2, ...`` for the successive sweeps. The total stays ``N``;
     ``clip_limit = 1`` clips nothing. The mapping is
-    ``equalization_lut(clipped, None, variant="seed")``, that is ``cumsum(clipped / N)``.
+    ``equalization_lut(clipped, levels, variant="seed")``: ``cumsum(clipped / N)``,
+    times ``levels - 1`` and rounded half to even when ``levels`` is given.
     """
     luts, filled = out
     row_edges, col_edges = edges
+    top = 0 if levels is None else levels - 1
+    first, stop = tile_rows
     _tile_mappings(
-        src, table, mask, row_edges, col_edges, clip_limit, scratch, luts, filled, *tile_rows
+        src, table, mask, row_edges, col_edges, clip_limit, top, scratch, luts, filled, first, stop
     )
 
 
 @numba.njit(cache=True, nogil=True)
 def _interpolate(  # type: ignore[no-untyped-def]
-    src, table, luts, row_lo, row_hi, row_w, col_lo, col_hi, col_w, scale, rounding, out, y0, y1
+    src, table, luts, row_lo, row_hi, row_w, col_lo, col_hi, col_w, top, out, y0, y1
 ):
     for y in range(y0, y1):
         upper = luts[row_lo[y]]
@@ -168,33 +177,37 @@ def _interpolate(  # type: ignore[no-untyped-def]
             wx = col_w[x]
             # a + w * (b - a) rather than (1 - w) * a + w * b: equal mappings then give
             # back exactly that mapping (one tile, or a pixel beyond the outer centres).
-            a = upper[lo_x, b]
-            top = a + wx * (upper[hi_x, b] - a)
-            a = lower[lo_x, b]
-            bottom = a + wx * (lower[hi_x, b] - a)
-            value = (top + wy * (bottom - top)) * scale
-            if rounding:
-                value = min(max(np.rint(value), 0.0), scale)
-            out_row[x] = value
+            a = float(upper[lo_x, b])
+            upper_value = a + wx * (upper[hi_x, b] - a)
+            a = float(lower[lo_x, b])
+            lower_value = a + wx * (lower[hi_x, b] - a)
+            value = upper_value + wy * (lower_value - upper_value)
+            # No clamp needed: with weights in [0, 1], a + w * (b - a) stays between a
+            # and b in floating point too, so the blend stays within the mappings' range.
+            out_row[x] = np.rint(value) if top else value
 
 
 def interpolate(
     src: NDArray[np.unsignedinteger],
     table: NDArray[np.unsignedinteger],
-    luts: NDArray[np.floating],
+    luts: NDArray[Any],
     rows: tuple[NDArray[np.uintp], NDArray[np.uintp], NDArray[np.floating]],
     cols: tuple[NDArray[np.uintp], NDArray[np.uintp], NDArray[np.floating]],
-    scale: float,
-    rounding: bool,
+    levels: int | None,
     out: NDArray[Any],
     band: tuple[int, int],
 ) -> None:
     """Map the pixels of rows ``band[0] <= y < band[1]`` through their tiles' mappings.
 
     Each pixel gets the bilinear blend of its bin's entry in the mappings of the four
-    tiles around it. ``luts`` has shape ``(tiles_y, tiles_x, B)`` with values in [0, 1];
-    ``rows`` and ``cols`` give, for each row (column), the tile before and after it and
-    the weight of the one after. The blend is multiplied by ``scale``; with ``rounding``
-    it is rounded half to even and kept in ``[0, scale]``.
+    tiles around it: ``luts`` has shape ``(tiles_y, tiles_x, B)``; ``rows`` and ``cols``
+    give, for each row (column), the tile before and after it and the weight of the one
+    after. With ``levels`` (the mappings then hold output levels) the blend is rounded
+    half to even.
     """
-    _interpolate(src, table, luts, *rows, *cols, scale, rounding, out, *band)
+    top = 0 if levels is None else levels - 1
+    row_lo, row_hi, row_w = rows
+    col_lo, col_hi, col_w = cols
+    _interpolate(
+        src, table, luts, row_lo, row_hi, row_w, col_lo, col_hi, col_w, top, out, band[0], band[1]
+    )

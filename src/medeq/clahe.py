@@ -52,7 +52,7 @@ __all__ = ["clahe"]
 #: Upper bound on tiles x bins per slice, which keeps the tile mappings in memory
 #: (8 bytes an entry: 256 MB at the bound).
 MAX_TILE_ENTRIES = 2**25
-#: Output levels up to this many are rounded inside the compiled loop.
+#: Up to this many output levels, tile mappings hold levels and the loop rounds.
 _KERNEL_LEVELS = 65536
 
 
@@ -148,12 +148,13 @@ def _axis_weights(
 # --------------------------------------------------------------------------- mappings
 
 
-def _borrow_mappings(luts: NDArray[np.float64], filled: NDArray[np.bool_]) -> None:
+def _borrow_mappings(luts: NDArray[Any], filled: NDArray[np.bool_]) -> None:
     """Give every tile without (masked) pixels a mapping from its neighbours, in place.
 
     Rings grow outward from the filled tiles: an empty tile next to (8-neighbourhood)
-    filled ones takes the mean of their mappings, and counts as filled for the next ring.
-    A mean of non-decreasing mappings is non-decreasing.
+    filled ones takes the mean of their mappings (rounded, for mappings in output
+    levels), and counts as filled for the next ring. A mean of non-decreasing mappings
+    is non-decreasing, and so is its rounding.
     """
     ny, nx = filled.shape
     luts[~filled] = 0.0  # never read uninitialised memory below
@@ -172,7 +173,8 @@ def _borrow_mappings(luts: NDArray[np.float64], filled: NDArray[np.bool_]) -> No
                 total[dst_y, dst_x] += weighted[src_y, src_x]
                 count[dst_y, dst_x] += filled[src_y, src_x]
         ring = ~filled & (count > 0)
-        luts[ring] = total[ring] / count[ring][:, None]
+        mean = total[ring] / count[ring][:, None]
+        luts[ring] = mean if luts.dtype.kind == "f" else np.rint(mean)
         filled |= ring
 
 
@@ -183,12 +185,19 @@ def _tile_mappings(
     edges: tuple[NDArray[np.intp], NDArray[np.intp]],
     nbins: int,
     clip_limit: float | None,
-) -> NDArray[np.float64] | None:
-    """Mappings in [0, 1] of every tile of one slice; None when the mask selects nothing."""
+    levels: int | None,
+) -> NDArray[Any] | None:
+    """Mappings of every tile of one slice; None when the mask selects nothing.
+
+    With ``levels`` the mappings hold output levels (uint8 or uint16): four of them per
+    pixel stay in the cache far better than doubles, which is most of the speed on
+    16-bit data. Otherwise they hold positions in [0, 1] (float64).
+    """
     row_edges, col_edges = edges
     shape = (row_edges.size - 1, col_edges.size - 1)
     largest = int(np.diff(row_edges).max()) * int(np.diff(col_edges).max())
-    luts = np.empty((*shape, nbins), dtype=np.float64)
+    lut_dtype = np.dtype(np.float64) if levels is None else _lut_dtype(levels)
+    luts = np.empty((*shape, nbins), dtype=lut_dtype)
     filled = np.zeros(shape, dtype=np.bool_)
     # A limit of all of a tile's pixels clips nothing.
     limit = 1.0 if clip_limit is None else clip_limit
@@ -197,7 +206,7 @@ def _tile_mappings(
     scratch = np.empty((parts, nbins), dtype=np.int32 if largest < 2**31 else np.int64)
     _in_bands(
         lambda part, band: _clahe_kernels.tile_mappings(
-            src, table, mask, edges, limit, (luts, filled), scratch[part], band
+            src, table, mask, edges, limit, levels, (luts, filled), scratch[part], band
         ),
         shape[0],
         parts,
@@ -253,20 +262,17 @@ def _in_bands(task: Callable[[int, tuple[int, int]], None], length: int, parts: 
 def _map_pixels(
     src: NDArray[np.unsignedinteger],
     table: NDArray[np.unsignedinteger],
-    luts: NDArray[np.float64],
+    luts: NDArray[Any],
     weights: tuple[
         tuple[NDArray[np.uintp], NDArray[np.uintp], NDArray[np.float64]],
         tuple[NDArray[np.uintp], NDArray[np.uintp], NDArray[np.float64]],
     ],
-    scale: float,
-    rounding: bool,
+    levels: int | None,
     out: NDArray[Any],
 ) -> None:
     rows, cols = weights
     _in_bands(
-        lambda _, band: _clahe_kernels.interpolate(
-            src, table, luts, rows, cols, scale, rounding, out, band
-        ),
+        lambda _, band: _clahe_kernels.interpolate(src, table, luts, rows, cols, levels, out, band),
         src.shape[0],
         _parts(src.size, src.shape[0]),
     )
@@ -396,13 +402,11 @@ def clahe(
     if ends[0] == ends[1]:
         return _identity(arr, out_levels)
 
-    if out_levels is None:
-        out_dtype, scale, rounding = _float_out(arr.dtype), 1.0, False
-    else:
-        out_dtype, scale, rounding = _lut_dtype(out_levels), float(out_levels - 1), True
-    # 32/64-bit outputs have more levels than the loop's rounding is written for: the
-    # loop writes positions in [0, 1] and core's rounding (exact up to 2**64) finishes.
+    out_dtype = _float_out(arr.dtype) if out_levels is None else _lut_dtype(out_levels)
+    # Mappings in output levels for up to 65536 levels; wider outputs (32/64-bit input)
+    # keep positions in [0, 1], which core's rounding (exact up to 2**64) finishes.
     wide = out_levels is not None and out_levels > _KERNEL_LEVELS
+    lut_levels = None if wide else out_levels
 
     src, table = _bin_source(arr, binning)
     stack = arr.ndim == 3
@@ -413,15 +417,14 @@ def clahe(
         src_i = src[i] if stack else src
         mask_i = None if m is None else (m[i] if stack else m)
         out_i = out[i] if stack else out
-        luts = _tile_mappings(src_i, table, mask_i, edges, binning.bins, limit)
+        luts = _tile_mappings(src_i, table, mask_i, edges, binning.bins, limit, lut_levels)
         if luts is None:
             out_i[...] = _identity(arr[i] if stack else arr, out_levels)
-            continue
-        if wide:
+        elif wide:
             assert out_levels is not None
             position = np.empty(out_i.shape, dtype=np.float64)
-            _map_pixels(src_i, table, luts, (rows, cols), 1.0, False, position)
+            _map_pixels(src_i, table, luts, (rows, cols), None, position)
             out_i[...] = _round_to_levels(position * (out_levels - 1), out_levels)
         else:
-            _map_pixels(src_i, table, luts, (rows, cols), scale, rounding, out_i)
+            _map_pixels(src_i, table, luts, (rows, cols), lut_levels, out_i)
     return out
