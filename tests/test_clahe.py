@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from skimage import exposure
 
 import medeq
-from medeq import ParameterError, _clahe_kernels
+from medeq import ParameterError, _clahe_kernels, _threads
 
 clahe_module = importlib.import_module("medeq.clahe")
 
@@ -449,8 +449,8 @@ def test_non_contiguous_input_gives_the_same_result(rng: np.random.Generator) ->
 def test_threads_do_not_change_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
     img = np.rint(phantom((300, 260), 0, 4095, seed=6)).astype(np.uint16)
     single = medeq.clahe(img, kernel_size=37)
-    monkeypatch.setattr(clahe_module, "_MIN_PIXELS_PER_THREAD", 1)
-    monkeypatch.setattr(clahe_module, "_cpus", lambda: 3)
+    monkeypatch.setattr(_threads, "MIN_PIXELS_PER_THREAD", 1)
+    monkeypatch.setattr(_threads, "cpus", lambda: 3)
     np.testing.assert_array_equal(medeq.clahe(img, kernel_size=37), single)
 
 

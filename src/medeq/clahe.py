@@ -20,16 +20,14 @@ OpenCV's CLAHE on 16-bit data.
 from __future__ import annotations
 
 import numbers
-import os
-import threading
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _clahe_kernels
+from ._threads import in_bands, parts_for
 from .core import (
     Binning,
     _binning,
@@ -201,10 +199,10 @@ def _tile_mappings(
     filled = np.zeros(shape, dtype=np.bool_)
     # A limit of all of a tile's pixels clips nothing.
     limit = 1.0 if clip_limit is None else clip_limit
-    parts = _parts(src.size, shape[0])
+    parts = parts_for(src.size, shape[0])
     # One histogram per thread, reused tile after tile; int32 halves its cache footprint.
     scratch = np.empty((parts, nbins), dtype=np.int32 if largest < 2**31 else np.int64)
-    _in_bands(
+    in_bands(
         lambda part, band: _clahe_kernels.tile_mappings(
             src, table, mask, edges, limit, levels, (luts, filled), scratch[part], band
         ),
@@ -216,47 +214,6 @@ def _tile_mappings(
     if not filled.all():
         _borrow_mappings(luts, filled)
     return luts
-
-
-# --------------------------------------------------------------------------- threads
-
-_executor: ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
-#: Below this many pixels per thread, starting the thread costs more than it saves.
-_MIN_PIXELS_PER_THREAD = 2**18
-
-
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _parts(pixels: int, items: int) -> int:
-    """How many threads share ``items`` bands of an image of ``pixels`` pixels."""
-    return max(1, min(_cpus(), 8, items, pixels // _MIN_PIXELS_PER_THREAD))
-
-
-def _in_bands(task: Callable[[int, tuple[int, int]], None], length: int, parts: int) -> None:
-    """Run ``task(part, (start, stop))`` on ``parts`` contiguous bands of ``range(length)``.
-
-    The compiled loops release the GIL, so the bands run in parallel. The split never
-    changes the result: every band writes its own elements.
-    """
-    if parts <= 1:
-        task(0, (0, length))
-        return
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(
-                max_workers=min(_cpus(), 8), thread_name_prefix="medeq-clahe"
-            )
-        executor = _executor
-    bands = [(length * i // parts, length * (i + 1) // parts) for i in range(parts)]
-    for _ in executor.map(task, range(parts), bands):
-        pass
 
 
 def _map_pixels(
@@ -271,10 +228,10 @@ def _map_pixels(
     out: NDArray[Any],
 ) -> None:
     rows, cols = weights
-    _in_bands(
+    in_bands(
         lambda _, band: _clahe_kernels.interpolate(src, table, luts, rows, cols, levels, out, band),
         src.shape[0],
-        _parts(src.size, src.shape[0]),
+        parts_for(src.size, src.shape[0]),
     )
 
 
