@@ -255,15 +255,19 @@ def test_uint16_is_close_to_opencv(shape: tuple[int, int], clip_limit: float) ->
 
 
 @pytest.mark.parametrize("shape", [(512, 512), (333, 250)])
-def test_without_clipping_uint16_is_opencv_up_to_rounding(shape: tuple[int, int]) -> None:
-    # Same tiles, centres, padding and mapping: only OpenCV's rounding of each tile's
-    # table to whole levels before blending remains.
-    img = np.rint(phantom(shape, 0, 65535, seed=12)).astype(np.uint16)
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_without_clipping_is_opencv_up_to_rounding(shape: tuple[int, int], dtype: type) -> None:
+    # Same tiles, centres, padding, mapping and rounding of each tile's table to output
+    # levels: only OpenCV's single-precision blend can tip a rounding (measured: up to
+    # 0.6 % of the pixels, by one level).
+    top = np.iinfo(dtype).max
+    img = np.rint(phantom(shape, 0, top, seed=12)).astype(dtype)
     theirs = cv2.createCLAHE(clipLimit=0, tileGridSize=(8, 8)).apply(img)
     ours = medeq.clahe(
-        img, 65536, value_range=(0, 65535), kernel_size=opencv_tile(shape, 8), clip_limit=None
+        img, top + 1, value_range=(0, top), kernel_size=opencv_tile(shape, 8), clip_limit=None
     )
     assert np.abs(ours.astype(np.int64) - theirs).max() <= 1
+    assert np.mean(ours != theirs) < 0.01
 
 
 def test_strong_clipping_keeps_the_limit_where_opencv_exceeds_it() -> None:
