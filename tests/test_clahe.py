@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -456,6 +458,15 @@ def test_threads_do_not_change_the_result(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(_threads, "MIN_PIXELS_PER_THREAD", 1)
     monkeypatch.setattr(_threads, "cpus", lambda: 3)
     np.testing.assert_array_equal(medeq.clahe(img, kernel_size=37), single)
+
+
+def test_importing_medeq_compiles_nothing() -> None:
+    code = (
+        "import medeq, medeq._clahe_kernels as k; "
+        "assert not any(f.signatures for f in "
+        "(k._histogram, k._clip, k._clip_and_map, k._tile_mappings, k._interpolate))"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # --------------------------------------------------------------------------- masks

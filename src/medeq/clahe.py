@@ -48,7 +48,7 @@ from .errors import ParameterError
 __all__ = ["clahe"]
 
 #: Upper bound on tiles x bins per slice, which keeps the tile mappings in memory
-#: (8 bytes an entry: 256 MB at the bound).
+#: (at most 8 bytes an entry: 256 MB at the bound).
 MAX_TILE_ENTRIES = 2**25
 #: Up to this many output levels, tile mappings hold levels and the loop rounds.
 _KERNEL_LEVELS = 65536
