@@ -238,3 +238,29 @@ def test_console_script_and_sample(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert len(list((tmp_path / "s").glob("*.jpg"))) == 3
     assert "3 converted" in run.stderr
+
+
+def test_convert_with_clahe(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("wg04__RG2_UNC.dcm", "wg04__CT1_RLE.dcm"):
+        shutil.copy(shared_file(name), folder / name)
+    report = tmp_path / "r.json"
+    medeq(
+        "convert",
+        str(folder),
+        "-o",
+        str(tmp_path / "out"),
+        "--method",
+        "clahe",
+        "--clip-limit",
+        "0.02",
+        "--report",
+        str(report),
+        check_rc=0,
+    )
+    data = json.loads(report.read_text())
+    assert data["totals"]["converted"] == 2
+    assert data["parameters"]["method"] == "clahe"
+    out = pydicom.dcmread(tmp_path / "out" / "wg04__RG2_UNC.dcm")
+    assert "clahe" in out.DerivationDescription

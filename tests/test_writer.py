@@ -306,3 +306,22 @@ def test_outputs_add_no_validator_error_and_dcmtk_reads_them(name: str, tmp_path
         )
         assert render.returncode == 0, render.stderr
         assert png.stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "name", ["fodicom__CR-MONO1-10-chest.dcm", "wg04__CT1_JLSL.dcm", "pylibjpeg__966_fixed.dcm"]
+)
+def test_clahe_method_on_real_files(name: str, tmp_path: Path) -> None:
+    image = medeq.read(shared_file(name))
+    glob = medeq.enhance(image)
+    local = medeq.enhance(image, method="clahe", clip_limit=0.02)
+    assert local.parameters["method"] == "clahe"
+    assert "clip limit 0.02" in local.description
+    assert local.dataset.SOPInstanceUID != glob.dataset.SOPInstanceUID
+    assert local.pixels.shape == glob.pixels.shape
+    assert local.pixels.min() >= 0 and local.pixels.max() <= local.levels - 1
+    # Adaptive equalization differs from global, and still spreads the values.
+    assert not np.array_equal(local.pixels, glob.pixels)
+    assert local.after.rms_contrast > 0.5 * local.before.rms_contrast
+    [path] = medeq.write(local, tmp_path / "c.dcm")
+    np.testing.assert_array_equal(pydicom.dcmread(path).pixel_array, local.pixels[0])

@@ -4,6 +4,7 @@ The public names live here; the modules behind them follow the pipeline
 (read -> normalise -> core -> write/preview -> convert -> cli).
 """
 
+from .clahe import clahe
 from .convert import FileResult, Report, convert
 from .core import Variant, equalization_lut, equalize, histogram
 from .enhance import Derived, Method, Quality, enhance
@@ -49,6 +50,7 @@ __all__ = [
     "Variant",
     "Window",
     "__version__",
+    "clahe",
     "convert",
     "enhance",
     "equalization_lut",

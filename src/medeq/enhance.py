@@ -18,6 +18,7 @@ from numpy.typing import ArrayLike, NDArray
 from pydicom.dataset import Dataset
 
 from . import core
+from .clahe import clahe
 from .errors import ParameterError
 from .mask import foreground_mask
 from .normalize import Normalized, Preset, WindowSpec, normalize, parse_window
@@ -232,32 +233,6 @@ def _mask_for(
     return arr, "array"
 
 
-def _equalize_clahe(
-    norm: Normalized,
-    bins: int,
-    mask: NDArray[np.bool_] | None,
-    levels: int,
-    clip_limit: float,
-    kernel_size: Any,
-) -> NDArray[Any]:
-    import importlib
-
-    clahe_module: Any = importlib.import_module("medeq.clahe")
-    frames = [
-        clahe_module.clahe(
-            norm.array[i],
-            bins,
-            kernel_size=kernel_size,
-            clip_limit=clip_limit,
-            value_range=norm.value_range,
-            mask=None if mask is None else mask[i],
-            levels=levels,
-        )
-        for i in range(norm.array.shape[0])
-    ]
-    return np.stack(frames)
-
-
 def enhance(
     image: DicomImage | Any,
     *,
@@ -339,7 +314,16 @@ def enhance(
             per_slice=bool(per_slice),
         )
     else:
-        pixels = _equalize_clahe(norm, nbins, mask_arr, levels_, clip_limit, kernel_size)
+        # Slice by slice, with the volume's binning (see medeq.clahe).
+        pixels = clahe(
+            norm.array,
+            nbins,
+            kernel_size=kernel_size,
+            clip_limit=clip_limit,
+            value_range=norm.value_range,
+            mask=mask_arr,
+            levels=levels_,
+        )
 
     lo, hi = norm.value_range
     parameters: dict[str, Any] = {
