@@ -25,6 +25,21 @@ CASES: list[tuple[str, str, dict[str, object]]] = [
     ("pylibjpeg__966_fixed.dcm", "DX chest, MONOCHROME1, JPEG 2000", {"mask": "auto"}),
     ("wg04__MR1_UNC.dcm", "MR head, full range", {"window": "none"}),
     ("fodicom__GH133.dcm", "MG, SIGMOID window 1 of 3", {}),
+    (
+        "fodicom__CR-MONO1-10-chest.dcm",
+        "CR chest, CLAHE clip 0.01 (compare with 3)",
+        {"method": "clahe"},
+    ),
+    (
+        "fodicom__CR-MONO1-10-chest.dcm",
+        "CR chest, CLAHE clip 0.03",
+        {"method": "clahe", "clip_limit": 0.03},
+    ),
+    (
+        "dcmqi__ct-3slice_01.dcm",
+        "CT, CLAHE clip 0.01, lung preset (compare with 2)",
+        {"method": "clahe", "window": "lung", "mask": "auto"},
+    ),
 ]
 
 
