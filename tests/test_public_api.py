@@ -26,6 +26,18 @@ def test_no_private_or_module_names_leak() -> None:
     assert public - modules <= set(medeq.__all__)
 
 
+def test_import_is_light() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, medeq; heavy = {'numba', 'scipy', 'matplotlib', 'skimage', 'cv2'}; "
+        "print(sorted(heavy & set(sys.modules)))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"
+
+
 def test_errors_subclass_builtins() -> None:
     assert issubclass(medeq.ParameterError, ValueError)
     assert issubclass(medeq.NotDicomError, ValueError)

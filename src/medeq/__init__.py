@@ -1,7 +1,10 @@
 """medeq: DICOM-aware contrast enhancement by histogram equalization.
 
 The public names live here; the modules behind them follow the pipeline
-(read -> normalise -> core -> write/preview -> convert -> cli).
+(read -> normalise -> core -> write/preview -> convert -> cli). Heavy optional
+machinery (numba for CLAHE, scikit-image and scipy for the foreground mask, matplotlib
+for figures) loads on first use, so `import medeq` and the worker processes of
+`medeq convert` stay quick.
 """
 
 from .clahe import clahe

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _clahe_kernels
 from ._threads import in_bands, parts_for
 from .core import (
     Binning,
@@ -203,7 +202,7 @@ def _tile_mappings(
     # One histogram per thread, reused tile after tile; int32 halves its cache footprint.
     scratch = np.empty((parts, nbins), dtype=np.int32 if largest < 2**31 else np.int64)
     in_bands(
-        lambda part, band: _clahe_kernels.tile_mappings(
+        lambda part, band: _kernels().tile_mappings(
             src, table, mask, edges, limit, levels, (luts, filled), scratch[part], band
         ),
         shape[0],
@@ -229,7 +228,7 @@ def _map_pixels(
 ) -> None:
     rows, cols = weights
     in_bands(
-        lambda _, band: _clahe_kernels.interpolate(src, table, luts, rows, cols, levels, out, band),
+        lambda _, band: _kernels().interpolate(src, table, luts, rows, cols, levels, out, band),
         src.shape[0],
         parts_for(src.size, src.shape[0]),
     )
@@ -385,3 +384,10 @@ def clahe(
         else:
             _map_pixels(src_i, table, luts, (rows, cols), lut_levels, out_i)
     return out
+
+
+def _kernels() -> Any:
+    """The compiled loops; numba is imported on the first CLAHE call, not with medeq."""
+    from . import _clahe_kernels
+
+    return _clahe_kernels

@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from . import _atomic, core
 from .enhance import Method, canonical_parameters, enhance
 from .errors import DicomError, MedeqError, OutputError, ParameterError
 from .normalize import WindowSpec, parse_window
-from .reader import DicomImage, read
+from .reader import DicomImage, ImageInfo, read
 from .series import Series, _make_series, find_dicom_files
 from .writer import TransferSyntax, derived_uid, sidecar, write_image
 
@@ -140,10 +141,11 @@ def _native_stderr_silenced(enabled: bool) -> Iterator[None]:
         os.close(saved)
 
 
-def _decode_task(path: str, quiet: bool) -> tuple[NDArray[Any] | None, str | None]:
+def _decode_task(info: ImageInfo, quiet: bool) -> tuple[NDArray[Any] | None, str | None]:
+    """Decode one file's stored values (its header was read and checked by the scan)."""
     try:
         with _native_stderr_silenced(quiet):
-            image = read(path)
+            image = DicomImage(pydicom.Dataset(), info, Path(str(info.path)))
             return np.array(image.stored), None
     except MedeqError as exc:
         return None, str(exc)
@@ -468,6 +470,115 @@ def _plan(
     return jobs
 
 
+@dataclass
+class _Task:
+    """Work for a worker process, kept so it can be resubmitted after a worker crash."""
+
+    kind: str  # decode or write
+    job: _Job
+    index: int
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    crashes: int = 0
+
+
+class _Scheduler:
+    """Runs decode and write tasks in worker processes; equalizes in this one.
+
+    Each job (series) is decoded in parallel, equalized here once all its files are
+    decoded, then written in parallel. A few jobs are in flight at a time, which bounds
+    memory. A worker that dies (a decoder crash, the OOM killer) breaks the pool: the pool
+    is rebuilt and the tasks that were in flight are tried once more; a task in flight at
+    two crashes fails with that cause, and the batch goes on.
+    """
+
+    def __init__(
+        self,
+        workers: int,
+        make_write: Callable[..., int],
+        settle: Callable[[FileResult], None],
+        decode: Callable[..., Any] = _decode_task,
+    ):
+        self.workers = workers
+        self.decode = decode
+        self.pool = self._new_pool()
+        self.pending: dict[Future[Any], _Task] = {}
+        self.decoded: dict[int, list[Any]] = {}
+        self.writes_left: dict[int, int] = {}
+        self.make_write = make_write
+        self.settle = settle
+
+    def _new_pool(self) -> Executor:
+        import multiprocessing
+
+        if self.workers == 1:
+            return _Inline()
+        context = multiprocessing.get_context("spawn")
+        return ProcessPoolExecutor(self.workers, mp_context=context)
+
+    def submit(self, task: _Task) -> None:
+        self.pending[self.pool.submit(task.fn, *task.args)] = task
+
+    def run(self, jobs: list[_Job], quiet: bool) -> None:
+        queue = list(reversed(jobs))
+        try:
+            while queue or self.pending:
+                while queue and len(self.decoded) + len(self.writes_left) < self.workers + 1:
+                    job = queue.pop()
+                    self.decoded[id(job)] = [None] * len(job.images)
+                    for i, im in enumerate(job.images):
+                        self.submit(_Task("decode", job, i, self.decode, (im.info, quiet)))
+                finished, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
+                crashed: list[_Task] = []
+                for future in finished:
+                    task = self.pending.pop(future)
+                    try:
+                        outcome = future.result()
+                    except BrokenProcessPool:
+                        crashed.append(task)
+                        continue
+                    self._done(task, outcome)
+                if crashed:
+                    self._recover(crashed)
+        except BaseException:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        self.pool.shutdown(wait=True)
+
+    def _recover(self, crashed: list[_Task]) -> None:
+        tasks = crashed + list(self.pending.values())
+        self.pending.clear()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = self._new_pool()
+        for task in tasks:
+            task.crashes += 1
+            if task.crashes >= 2:
+                path = task.job.images[task.index].info.path
+                what = "decoding" if task.kind == "decode" else "writing"
+                cause = f"{path}: a worker process died while {what} it (twice)"
+                self._done(task, (None, cause) if task.kind == "decode" else ([], cause))
+            else:
+                self.submit(task)
+
+    def _done(self, task: _Task, outcome: Any) -> None:
+        job, i = task.job, task.index
+        if task.kind == "decode":
+            self.decoded[id(job)][i] = outcome
+            if all(d is not None for d in self.decoded[id(job)]):
+                submitted = self.make_write(job, self.decoded.pop(id(job)), self.submit)
+                if submitted:
+                    self.writes_left[id(job)] = submitted
+            return
+        result = job.results[i]
+        result.status = "failed" if outcome[1] else "converted"
+        result.error = outcome[1]
+        result.outputs = [] if outcome[1] else outcome[0]
+        self.settle(result)
+        self.writes_left[id(job)] -= 1
+        if self.writes_left[id(job)] == 0:
+            del self.writes_left[id(job)]
+
+
 def _run(
     jobs: list[_Job],
     workers: int,
@@ -480,70 +591,18 @@ def _run(
     quiet: bool,
     settle: Callable[[FileResult], None],
 ) -> None:
-    import multiprocessing
+    def make_write(job: _Job, arrays: list[Any], submit: Callable[[_Task], None]) -> int:
+        return _equalize_job(
+            job, arrays, submit, options, ts, preview, figure, overwrite, keep_private, settle
+        )
 
-    pool: Executor = (
-        _Inline()
-        if workers == 1
-        else ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    )
-    queue = list(reversed(jobs))
-    # Decoded series wait in memory for their writes; a few at a time keeps it bounded.
-    most_in_flight = workers + 1
-    pending: dict[Future[Any], tuple[str, _Job, int]] = {}
-    decoded: dict[int, list[Any]] = {}
-    writes_left: dict[int, int] = {}
-    try:
-        while queue or pending:
-            while queue and len(decoded) + len(writes_left) < most_in_flight:
-                job = queue.pop()
-                decoded[id(job)] = [None] * len(job.images)
-                for i, im in enumerate(job.images):
-                    fut = pool.submit(_decode_task, str(im.info.path), quiet)
-                    pending[fut] = ("decode", job, i)
-            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            for task in finished:
-                kind, job, i = pending.pop(task)
-                if kind == "decode":
-                    decoded[id(job)][i] = task.result()
-                    if all(d is not None for d in decoded[id(job)]):
-                        arrays = decoded.pop(id(job))
-                        submitted = _equalize_job(
-                            job,
-                            arrays,
-                            pool,
-                            pending,
-                            options,
-                            ts,
-                            preview,
-                            figure,
-                            overwrite,
-                            keep_private,
-                            settle,
-                        )
-                        if submitted:
-                            writes_left[id(job)] = submitted
-                else:
-                    outcome: tuple[list[str], str | None] = task.result()
-                    result = job.results[i]
-                    result.status = "failed" if outcome[1] else "converted"
-                    result.error = outcome[1]
-                    result.outputs = [] if outcome[1] else outcome[0]
-                    settle(result)
-                    writes_left[id(job)] -= 1
-                    if writes_left[id(job)] == 0:
-                        del writes_left[id(job)]
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+    _Scheduler(workers, make_write, settle).run(jobs, quiet)
 
 
 def _equalize_job(
     job: _Job,
     arrays: list[tuple[NDArray[Any] | None, str | None]],
-    pool: Executor,
-    pending: dict[Future[Any], tuple[str, _Job, int]],
+    submit: Callable[[_Task], None],
     options: dict[str, Any],
     ts: TransferSyntax,
     preview: bool,
@@ -595,8 +654,7 @@ def _equalize_job(
             result.status = "skipped"
             settle(result)
             continue
-        fut = pool.submit(
-            _write_task,
+        args = (
             derived.headers[n],
             derived.image_pixels(n),
             str(job.targets[i]),
@@ -604,7 +662,7 @@ def _equalize_job(
             overwrite,
             window,
         )
-        pending[fut] = ("write", job, i)
+        submit(_Task("write", job, i, _write_task, args))
         submitted += 1
     for im in images:
         im.release()

@@ -18,9 +18,7 @@ from numpy.typing import ArrayLike, NDArray
 from pydicom.dataset import Dataset
 
 from . import core
-from .clahe import clahe
 from .errors import ParameterError
-from .mask import foreground_mask
 from .normalize import Normalized, Preset, WindowSpec, normalize, parse_window
 from .reader import DicomImage, Window
 from .writer import derive_header, derived_uid
@@ -218,6 +216,8 @@ def _mask_for(
             return None, "none"
         if mask.strip().lower() != "auto":
             raise ParameterError(f"mask must be None, 'auto', 'none' or a bool array, got {mask!r}")
+        from .mask import foreground_mask  # scikit-image and scipy load only when asked
+
         return foreground_mask(source), "auto"
     arr = np.asarray(mask)
     shape = norm.array.shape
@@ -314,6 +314,8 @@ def enhance(
             per_slice=bool(per_slice),
         )
     else:
+        from .clahe import clahe  # numba loads only when CLAHE is asked for
+
         # Slice by slice, with the volume's binning (see medeq.clahe).
         pixels = clahe(
             norm.array,

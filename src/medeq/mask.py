@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage
-from skimage.filters import threshold_otsu
 
 from .errors import ParameterError
 
@@ -25,7 +23,8 @@ logger = logging.getLogger(__name__)
 _FLAT = 0.15
 #: Where the threshold sits between the background's peak (0) and Otsu's threshold (1).
 _FRACTION = 0.2
-_DISK = ndimage.generate_binary_structure(2, 1)
+# 4-connected cross (what scipy.ndimage.generate_binary_structure(2, 1) gives).
+_DISK = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
 
 
 def foreground_mask(image: Any) -> NDArray[np.bool_]:
@@ -91,6 +90,8 @@ def _background_threshold(sample: NDArray[Any]) -> float:
     background (air, direct exposure) is the darkest mode, and a threshold just above its
     peak separates it from the dimmest tissue in CT, MR and X-ray alike.
     """
+    from skimage.filters import threshold_otsu
+
     otsu = float(threshold_otsu(sample))
     below = sample[sample <= otsu]
     counts, edges = np.histogram(below, bins=256)
@@ -106,6 +107,8 @@ def _sample(values: NDArray[Any], limit: int = 4_000_000) -> NDArray[Any]:
 
 
 def _slice_mask(plane: NDArray[Any], threshold: float, spread: float) -> NDArray[np.bool_]:
+    from scipy import ndimage
+
     inside = _inner_box(plane, spread)
     mask = np.zeros(plane.shape, dtype=bool)
     r0, r1, c0, c1 = inside

@@ -183,7 +183,7 @@ def read(source: Source) -> DicomImage:
         pixel module medeq cannot use.
     """
     header, src, path, inferred = _read_header(source)
-    info = _make_info(header, path, inferred)
+    info = _info(header, path, inferred)
     _check_grey(header, info)
     return DicomImage(header, info, src)
 
@@ -191,7 +191,7 @@ def read(source: Source) -> DicomImage:
 def read_info(source: Source) -> ImageInfo:
     """Read only the header's :class:`ImageInfo`, for any image, colour included."""
     header, _, path, inferred = _read_header(source)
-    return _make_info(header, path, inferred)
+    return _info(header, path, inferred)
 
 
 def _read_header(source: Source) -> tuple[Dataset, bytes | Path | Dataset, str | None, bool]:
@@ -228,6 +228,20 @@ def _read_header(source: Source) -> tuple[Dataset, bytes | Path | Dataset, str |
     return header, src, (name if isinstance(src, Path) else None), inferred
 
 
+def _info(header: Dataset, path: str | None, inferred: bool) -> ImageInfo:
+    """The info record; values are converted lazily, so their flaws surface here."""
+    name = path or "<memory>"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            info = _make_info(header, path, inferred)
+        except Exception as exc:  # malformed values raise many types on conversion
+            raise NotDicomError(f"{name}: header values cannot be parsed: {exc}") from exc
+    for w in caught:
+        logger.debug("%s: pydicom: %s", name, w.message)
+    return info
+
+
 def _parse(opener: Any, name: str, *, stop_before_pixels: bool) -> tuple[Dataset, bool]:
     """dcmread with medeq's error messages; returns the dataset and 'transfer syntax inferred'."""
     if isinstance(opener, io.BytesIO):
@@ -243,10 +257,6 @@ def _parse(opener: Any, name: str, *, stop_before_pixels: bool) -> tuple[Dataset
                     opener.seek(0)
                 ds = pydicom.dcmread(opener, stop_before_pixels=stop_before_pixels, force=True)
                 forced = True
-            # Convert every element now, so value warnings (and errors) surface here, in
-            # one place, rather than wherever an attribute is first used.
-            for _ in ds.iterall():
-                pass
         except Exception as exc:  # pydicom raises many types on malformed input
             raise NotDicomError(f"{name}: not a readable DICOM file: {exc}") from exc
     for w in caught:

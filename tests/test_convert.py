@@ -1,0 +1,93 @@
+"""medeq.convert as a library call, and its scheduler's recovery from dying workers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pydicom.data import get_testdata_file
+
+import medeq
+from medeq.convert import FileResult, _decode_task, _Job, _Scheduler
+from medeq.reader import ImageInfo
+
+
+def dies_on_second_file(info: ImageInfo, quiet: bool) -> Any:
+    """A decoder that kills its worker process on one file, like a crashing codec."""
+    if Path(str(info.path)).name == "b.dcm":
+        os._exit(3)
+    return _decode_task(info, quiet)
+
+
+def test_a_dying_worker_fails_its_file_and_the_batch_goes_on(tmp_path: Path) -> None:
+    images = []
+    for name in ("a.dcm", "b.dcm", "c.dcm"):
+        path = tmp_path / name
+        shutil.copy(get_testdata_file("CT_small.dcm"), path)
+        images.append(medeq.read(path))
+    jobs = [
+        _Job(
+            [im],
+            [tmp_path / "out" / Path(str(im.info.path)).name],
+            [False],
+            [FileResult(str(im.info.path), "planned")],
+        )
+        for im in images
+    ]
+    settled: list[FileResult] = []
+    decoded: list[str] = []
+
+    def make_write(job: _Job, arrays: list[Any], submit: Any) -> int:
+        arr, error = arrays[0]
+        result = job.results[0]
+        if error:
+            result.status, result.error = "failed", error
+        else:
+            assert isinstance(arr, np.ndarray) and arr.shape == (1, 128, 128)
+            result.status = "converted"
+            decoded.append(result.input)
+        settled.append(result)
+        return 0
+
+    _Scheduler(2, make_write, settled.append, decode=dies_on_second_file).run(jobs, True)
+    by_name = {Path(r.input).name: r for r in settled}
+    assert set(by_name) == {"a.dcm", "b.dcm", "c.dcm"}
+    assert by_name["b.dcm"].status == "failed"
+    assert "a worker process died while decoding it" in str(by_name["b.dcm"].error)
+    assert by_name["c.dcm"].status == "converted"
+
+
+def test_convert_library_call(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(get_testdata_file("MR_small.dcm"), src / "mr.dcm")
+    seen: list[int] = []
+    report = medeq.convert([src], tmp_path / "out", jobs=1, preview=False, on_start=seen.append)
+    assert seen == [1]
+    assert report.exit_code == 0
+    assert report.totals["converted"] == 1
+    assert (tmp_path / "out" / "mr.dcm").is_file()
+    assert not (tmp_path / "out" / "mr.jpg").exists()
+    assert report.as_dict()["files"][0]["status"] == "converted"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"method": "fancy"}, "method must be 'global' or 'clahe'"),
+        ({"jobs": 0}, "jobs must be a whole number >= 1, got 0"),
+        ({"mask": "body"}, "mask must be 'none' or 'auto', got 'body'"),
+        ({"transfer_syntax": "jpeg"}, "transfer_syntax must be one of"),
+        ({"bins": -3}, "bins must be between 1"),
+    ],
+)
+def test_bad_parameters_fail_before_anything_is_written(
+    tmp_path: Path, kwargs: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(medeq.ParameterError, match=match):
+        medeq.convert([get_testdata_file("CT_small.dcm")], tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
