@@ -58,6 +58,7 @@ def test_a_dying_worker_fails_its_file_and_the_batch_goes_on(tmp_path: Path) -> 
     assert set(by_name) == {"a.dcm", "b.dcm", "c.dcm"}
     assert by_name["b.dcm"].status == "failed"
     assert "a worker process died while decoding it" in str(by_name["b.dcm"].error)
+    assert by_name["a.dcm"].status == "converted"
     assert by_name["c.dcm"].status == "converted"
 
 

@@ -21,6 +21,7 @@ import contextlib
 import datetime
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -38,7 +39,7 @@ from .errors import DicomError, MedeqError, OutputError, ParameterError
 from .normalize import WindowSpec, parse_window
 from .reader import DicomImage, ImageInfo, read
 from .series import Series, _make_series, find_dicom_files
-from .writer import TransferSyntax, derived_uid, sidecar, write_image
+from .writer import TransferSyntax, derive_header, derived_uid, sidecar, write_image
 
 __all__ = ["FileResult", "Report", "convert"]
 
@@ -152,7 +153,8 @@ def _decode_task(info: ImageInfo, quiet: bool) -> tuple[NDArray[Any] | None, str
 
 
 def _write_task(
-    header: pydicom.Dataset,
+    source: DicomImage,
+    header_options: dict[str, Any],
     pixels: NDArray[Any],
     path: str,
     ts: TransferSyntax,
@@ -161,7 +163,7 @@ def _write_task(
 ) -> tuple[list[str], str | None]:
     try:
         written = write_image(
-            header,
+            derive_header(source, **header_options),
             pixels,
             Path(path),
             transfer_syntax=ts,
@@ -479,7 +481,6 @@ class _Task:
     index: int
     fn: Callable[..., Any]
     args: tuple[Any, ...]
-    crashes: int = 0
 
 
 class _Scheduler:
@@ -488,8 +489,8 @@ class _Scheduler:
     Each job (series) is decoded in parallel, equalized here once all its files are
     decoded, then written in parallel. A few jobs are in flight at a time, which bounds
     memory. A worker that dies (a decoder crash, the OOM killer) breaks the pool: the pool
-    is rebuilt and the tasks that were in flight are tried once more; a task in flight at
-    two crashes fails with that cause, and the batch goes on.
+    is rebuilt and the tasks that were in flight run again one at a time; the one that
+    kills a worker while running alone fails with that cause, and the batch goes on.
     """
 
     def __init__(
@@ -503,6 +504,7 @@ class _Scheduler:
         self.decode = decode
         self.pool = self._new_pool()
         self.pending: dict[Future[Any], _Task] = {}
+        self.suspects: deque[_Task] = deque()
         self.decoded: dict[int, list[Any]] = {}
         self.writes_left: dict[int, int] = {}
         self.make_write = make_write
@@ -517,17 +519,27 @@ class _Scheduler:
         return ProcessPoolExecutor(self.workers, mp_context=context)
 
     def submit(self, task: _Task) -> None:
+        if self.suspects:
+            self.suspects.append(task)  # after a crash, tasks run one at a time
+            return
         self.pending[self.pool.submit(task.fn, *task.args)] = task
 
     def run(self, jobs: list[_Job], quiet: bool) -> None:
         queue = list(reversed(jobs))
         try:
-            while queue or self.pending:
-                while queue and len(self.decoded) + len(self.writes_left) < self.workers + 1:
-                    job = queue.pop()
-                    self.decoded[id(job)] = [None] * len(job.images)
-                    for i, im in enumerate(job.images):
-                        self.submit(_Task("decode", job, i, self.decode, (im.info, quiet)))
+            while queue or self.pending or self.suspects:
+                if self.suspects:
+                    if not self.pending:
+                        task = self.suspects.popleft()
+                        self.pending[self.pool.submit(task.fn, *task.args)] = task
+                else:
+                    while queue and len(self.decoded) + len(self.writes_left) <= self.workers:
+                        job = queue.pop()
+                        self.decoded[id(job)] = [None] * len(job.images)
+                        for i, im in enumerate(job.images):
+                            self.submit(_Task("decode", job, i, self.decode, (im.info, quiet)))
+                if not self.pending:
+                    continue
                 finished, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
                 crashed: list[_Task] = []
                 for future in finished:
@@ -546,19 +558,22 @@ class _Scheduler:
         self.pool.shutdown(wait=True)
 
     def _recover(self, crashed: list[_Task]) -> None:
+        """Rebuild the pool; rerun the tasks that were in flight one at a time.
+
+        A task that breaks the pool while it runs alone is the culprit: it fails.
+        """
         tasks = crashed + list(self.pending.values())
         self.pending.clear()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.pool = self._new_pool()
-        for task in tasks:
-            task.crashes += 1
-            if task.crashes >= 2:
-                path = task.job.images[task.index].info.path
-                what = "decoding" if task.kind == "decode" else "writing"
-                cause = f"{path}: a worker process died while {what} it (twice)"
-                self._done(task, (None, cause) if task.kind == "decode" else ([], cause))
-            else:
-                self.submit(task)
+        if len(tasks) == 1:
+            task = tasks[0]
+            path = task.job.images[task.index].info.path
+            what = "decoding" if task.kind == "decode" else "writing"
+            cause = f"{path}: a worker process died while {what} it"
+            self._done(task, (None, cause) if task.kind == "decode" else ([], cause))
+            return
+        self.suspects.extendleft(reversed(tasks))
 
     def _done(self, task: _Task, outcome: Any) -> None:
         job, i = task.job, task.index
@@ -654,8 +669,12 @@ def _equalize_job(
             result.status = "skipped"
             settle(result)
             continue
+        # The header is derived in the worker, beside the write: that work runs in
+        # parallel rather than in this process, one image after another.
+        job.images[i].release()
         args = (
-            derived.headers[n],
+            job.images[i],
+            derived.header_options,
             derived.image_pixels(n),
             str(job.targets[i]),
             ts,

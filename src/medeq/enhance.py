@@ -83,7 +83,11 @@ class Derived:
     sources : list of DicomImage
         The source images, in slice order.
     headers : list of pydicom.dataset.Dataset
-        The derived header of each source image (pixel data is added when written).
+        The derived header of each source image (pixel data is added when written),
+        built on first use from ``header_options``.
+    header_options : dict
+        The arguments of :func:`medeq.writer.derive_header` besides the source image,
+        so that headers can also be built where the files are written.
     pixels : (frames, rows, columns) ndarray of uint8 or uint16
         Equalized values in ``[0, levels - 1]``, all frames of all images.
     levels : int
@@ -103,7 +107,7 @@ class Derived:
     """
 
     sources: list[DicomImage]
-    headers: list[Dataset]
+    header_options: dict[str, Any]
     pixels: NDArray[Any]
     levels: int
     normalized: Normalized
@@ -114,6 +118,7 @@ class Derived:
     before: Quality
     after: Quality
     frame_counts: list[int] = field(default_factory=list)
+    _headers: list[Dataset] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -123,6 +128,13 @@ class Derived:
             f"<Derived {len(self.sources)} image(s), {self.pixels.shape[0]} frame(s), "
             f"{self.levels} levels: {self.description}>"
         )
+
+    @property
+    def headers(self) -> list[Dataset]:
+        """The derived header of each source image."""
+        if self._headers is None:
+            self._headers = [derive_header(im, **self.header_options) for im in self.sources]
+        return self._headers
 
     @property
     def dataset(self) -> Dataset:
@@ -367,27 +379,22 @@ def enhance(
         first.series_instance_uid or first.sop_instance_uid, canonical, "series"
     )
     series_number = min((first.series_number or 0) + 1000, 2**31 - 1)
-    span = (int(pixels.min()), int(pixels.max()))
-    headers = [
-        derive_header(
-            im,
-            levels=levels_,
-            value_span=span,
-            description=description,
-            parameters=canonical,
-            series_uid=series_uid,
-            series_number=series_number,
-            keep_private=keep_private,
-        )
-        for im in images
-    ]
+    header_options: dict[str, Any] = {
+        "levels": levels_,
+        "value_span": (int(pixels.min()), int(pixels.max())),
+        "description": description,
+        "parameters": canonical,
+        "series_uid": series_uid,
+        "series_number": series_number,
+        "keep_private": keep_private,
+    }
     before_counts, _ = core.histogram(
         norm.array, nbins, value_range=norm.value_range, mask=mask_arr
     )
     after_counts, _ = core.histogram(pixels, levels_, value_range=(0, levels_ - 1), mask=mask_arr)
     return Derived(
         sources=images,
-        headers=headers,
+        header_options=header_options,
         pixels=pixels,
         levels=levels_,
         normalized=norm,

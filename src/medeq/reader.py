@@ -157,6 +157,13 @@ class DicomImage:
         """Drop the decoded pixels (they are decoded again if needed)."""
         self._stored = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickling (to a worker process) carries the header and the source, not the
+        # decoded pixels, which can be decoded again where needed.
+        state = self.__dict__.copy()
+        state["_stored"] = None
+        return state
+
 
 # --------------------------------------------------------------------------- reading
 
