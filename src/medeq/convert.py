@@ -111,6 +111,18 @@ class Report:
         return target
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """What every job of one conversion shares."""
+
+    enhance: dict[str, Any]
+    transfer_syntax: TransferSyntax
+    preview: bool
+    figure: bool
+    overwrite: bool
+    keep_private: bool
+
+
 @dataclass
 class _Job:
     """One series (or one image) to convert, with where each file goes."""
@@ -376,18 +388,12 @@ def convert(
     if not dry_run and jobs_todo:
         if out.exists():
             _atomic.remove_stale_parts(out)
-        _run(
-            jobs_todo,
-            workers,
-            enhance_options,
-            ts,
-            preview,
-            figure,
-            overwrite,
-            keep_private,
-            quiet_decoders,
-            settle,
-        )
+        settings = _Settings(enhance_options, ts, preview, figure, overwrite, keep_private)
+
+        def make_write(job: _Job, arrays: list[Any], submit: Callable[[_Task], None]) -> int:
+            return _equalize_job(job, arrays, submit, settings, settle)
+
+        _Scheduler(workers, make_write, settle).run(jobs_todo, quiet_decoders)
     report.elapsed = time.perf_counter() - clock
     return report
 
@@ -564,7 +570,9 @@ class _Scheduler:
         """
         tasks = crashed + list(self.pending.values())
         self.pending.clear()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        # The broken pool's processes are gone or being terminated: wait for its
+        # threads, so nothing of it is left to be finalised at some later moment.
+        self.pool.shutdown(wait=True, cancel_futures=True)
         self.pool = self._new_pool()
         if len(tasks) == 1:
             task = tasks[0]
@@ -594,36 +602,11 @@ class _Scheduler:
             del self.writes_left[id(job)]
 
 
-def _run(
-    jobs: list[_Job],
-    workers: int,
-    options: dict[str, Any],
-    ts: TransferSyntax,
-    preview: bool,
-    figure: bool,
-    overwrite: bool,
-    keep_private: bool,
-    quiet: bool,
-    settle: Callable[[FileResult], None],
-) -> None:
-    def make_write(job: _Job, arrays: list[Any], submit: Callable[[_Task], None]) -> int:
-        return _equalize_job(
-            job, arrays, submit, options, ts, preview, figure, overwrite, keep_private, settle
-        )
-
-    _Scheduler(workers, make_write, settle).run(jobs, quiet)
-
-
 def _equalize_job(
     job: _Job,
     arrays: list[tuple[NDArray[Any] | None, str | None]],
     submit: Callable[[_Task], None],
-    options: dict[str, Any],
-    ts: TransferSyntax,
-    preview: bool,
-    figure: bool,
-    overwrite: bool,
-    keep_private: bool,
+    settings: _Settings,
     settle: Callable[[FileResult], None],
 ) -> int:
     """Equalize one decoded job in this process and submit its writes; return how many."""
@@ -645,8 +628,8 @@ def _equalize_job(
         images[0] if len(images) == 1 else Series(images[0].info.series_instance_uid, images)
     )
     try:
-        derived = enhance(source, keep_private=keep_private, **options)
-        if figure:
+        derived = enhance(source, keep_private=settings.keep_private, **settings.enhance)
+        if settings.figure:
             from .preview import plot_comparison
 
             plot_comparison(
@@ -658,7 +641,7 @@ def _equalize_job(
             job.results[i].outputs = []
             settle(job.results[i])
         return 0
-    window = derived.window() if preview else None
+    window = derived.window() if settings.preview else None
     submitted = 0
     for n, i in enumerate(good):
         result = job.results[i]
@@ -677,8 +660,8 @@ def _equalize_job(
             derived.header_options,
             derived.image_pixels(n),
             str(job.targets[i]),
-            ts,
-            overwrite,
+            settings.transfer_syntax,
+            settings.overwrite,
             window,
         )
         submit(_Task("write", job, i, _write_task, args))

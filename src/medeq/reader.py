@@ -12,6 +12,7 @@ names the file, the tag or cause, and what would be accepted.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -35,6 +36,28 @@ from .errors import CorruptPixelDataError, NotDicomError, UnsupportedImageError
 __all__ = ["DicomImage", "ImageInfo", "Source", "Window", "read", "read_info"]
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def logged_warnings(name: str) -> Iterator[list[warnings.WarningMessage]]:
+    """Turn pydicom's warnings about odd values into debug log lines naming the file.
+
+    Real files carry small flaws (an over-long SH, an invalid UID) that pydicom warns
+    about each time it meets them; they are the source's, and a batch should not print
+    them, but ``--verbose`` shows them.
+    """
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as recorded:
+            warnings.simplefilter("always")
+            try:
+                yield recorded
+            finally:
+                caught = list(recorded)
+    finally:
+        for w in caught:
+            logger.debug("%s: pydicom: %s", name, w.message)
+
 
 #: What :func:`read` accepts: a path, a binary file object, or a pydicom Dataset.
 Source = str | os.PathLike[str] | IO[bytes] | Dataset
@@ -238,23 +261,18 @@ def _read_header(source: Source) -> tuple[Dataset, bytes | Path | Dataset, str |
 def _info(header: Dataset, path: str | None, inferred: bool) -> ImageInfo:
     """The info record; values are converted lazily, so their flaws surface here."""
     name = path or "<memory>"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with logged_warnings(name):
         try:
-            info = _make_info(header, path, inferred)
+            return _make_info(header, path, inferred)
         except Exception as exc:  # malformed values raise many types on conversion
             raise NotDicomError(f"{name}: header values cannot be parsed: {exc}") from exc
-    for w in caught:
-        logger.debug("%s: pydicom: %s", name, w.message)
-    return info
 
 
 def _parse(opener: Any, name: str, *, stop_before_pixels: bool) -> tuple[Dataset, bool]:
     """dcmread with medeq's error messages; returns the dataset and 'transfer syntax inferred'."""
     if isinstance(opener, io.BytesIO):
         opener.seek(0)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with logged_warnings(name) as caught:
         try:
             try:
                 ds = pydicom.dcmread(opener, stop_before_pixels=stop_before_pixels)
@@ -266,8 +284,6 @@ def _parse(opener: Any, name: str, *, stop_before_pixels: bool) -> tuple[Dataset
                 forced = True
         except Exception as exc:  # pydicom raises many types on malformed input
             raise NotDicomError(f"{name}: not a readable DICOM file: {exc}") from exc
-    for w in caught:
-        logger.debug("%s: pydicom: %s", name, w.message)
     if forced and not _looks_like_dicom(ds):
         raise NotDicomError(
             f"{name}: not DICOM (no 'DICM' preamble, and no DICOM image attributes could be parsed)"
@@ -544,8 +560,7 @@ def _decode(image: DicomImage) -> NDArray[Any]:
                 f"{name}: (7FE0,0010) Pixel Data fragments cannot be split into "
                 f"{info.frames} frame(s): {exc}"
             ) from exc
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with logged_warnings(name):
         try:
             arr = pixel_array(ds, raw=True)
         except Exception as exc:  # decoder plugins raise many types on bad input
@@ -553,8 +568,6 @@ def _decode(image: DicomImage) -> NDArray[Any]:
                 f"{name}: cannot decode (7FE0,0010) Pixel Data ({info.transfer_syntax_name}): "
                 f"{_first_line(exc)}"
             ) from exc
-    for w in caught:
-        logger.debug("%s: pydicom: %s", name, w.message)
     expected = (info.frames, info.rows, info.columns)
     if arr.size != int(np.prod(expected)):
         raise CorruptPixelDataError(

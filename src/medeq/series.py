@@ -134,13 +134,24 @@ def _expand(path: Path) -> list[Path]:
 
 
 def _dicomdir_files(path: Path) -> list[Path]:
-    from pydicom.fileset import FileSet
+    """The files a DICOMDIR's directory records reference (Referenced File ID, 0004,1500).
 
+    Read straight from the records: a pydicom FileSet would stage a temporary folder that
+    outlives the call.
+    """
     try:
-        fileset = FileSet(pydicom.dcmread(path))
+        dicomdir = pydicom.dcmread(path)
+        records = dicomdir.DirectoryRecordSequence
     except Exception as exc:  # pydicom raises many types for a malformed DICOMDIR
         raise NotDicomError(f"{path}: not a readable DICOMDIR: {exc}") from exc
-    return [Path(instance.path) for instance in fileset]
+    files: list[Path] = []
+    for record in records:
+        file_id = record.get("ReferencedFileID")
+        if file_id is None:
+            continue
+        parts = [file_id] if isinstance(file_id, str) else list(file_id)
+        files.append(path.parent.joinpath(*(str(part) for part in parts)))
+    return sorted(set(files))
 
 
 # --------------------------------------------------------------------------- grouping

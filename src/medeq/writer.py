@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import pickle
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -39,7 +38,7 @@ from pydicom.valuerep import format_number_as_ds
 
 from . import _atomic
 from .errors import OutputError, ParameterError
-from .reader import DicomImage
+from .reader import DicomImage, logged_warnings
 
 __all__ = [
     "TransferSyntax",
@@ -232,148 +231,120 @@ def derive_header(
     series_uid, series_number : str, int
         The new series (shared by every output of one source series).
     """
-    with warnings.catch_warnings(record=True) as caught:
-        # pydicom warns when it re-validates odd source values (an invalid UID copied
-        # into Referenced SOP Instance UID); the source's flaws are not ours to fix.
-        warnings.simplefilter("always")
-        ds = _derive(
-            source,
-            levels,
-            value_span,
-            description,
-            parameters,
-            series_uid,
-            series_number,
-            series_suffix,
-            keep_private,
-            now,
-        )
-    for w in caught:
-        logger.debug("%s: pydicom: %s", source.name, w.message)
-    return ds
-
-
-def _derive(
-    source: DicomImage,
-    levels: int,
-    value_span: tuple[int, int],
-    description: str,
-    parameters: str,
-    series_uid: str,
-    series_number: int,
-    series_suffix: str,
-    keep_private: bool,
-    now: datetime.datetime | None,
-) -> Dataset:
-    src = source.dataset
-    # A pickle round trip is a deep copy at a quarter of copy.deepcopy's cost.
-    ds: Dataset = pickle.loads(pickle.dumps(src, protocol=pickle.HIGHEST_PROTOCOL))
-    # The output is explicit VR little endian. Elements read from such a source are
-    # written back byte for byte; any other source encoding is re-encoded by pydicom's
-    # writer, which needs the original encoding forgotten.
-    if tuple(src.original_encoding) != (False, True):
-        ds.set_original_encoding(None, None)
-    now = now or datetime.datetime.now().astimezone()
-    for keyword in _STALE:
-        if keyword in ds:
-            del ds[keyword]
-    if str(ds.get("PixelPresentation") or "") in ("COLOR", "MIXED"):
-        ds.PixelPresentation = "MONOCHROME"
-    if source.info.sop_class_uid == ENHANCED_MR:
-        for keyword in _MR_ORIGINAL_ONLY:
+    # pydicom warns when it re-validates odd source values (an invalid UID copied into
+    # Referenced SOP Instance UID); the source's flaws are not ours to fix.
+    with logged_warnings(source.name):
+        src = source.dataset
+        # A pickle round trip is a deep copy at a quarter of copy.deepcopy's cost.
+        ds: Dataset = pickle.loads(pickle.dumps(src, protocol=pickle.HIGHEST_PROTOCOL))
+        # The output is explicit VR little endian. Elements read from such a source are
+        # written back byte for byte; any other source encoding is re-encoded by pydicom's
+        # writer, which needs the original encoding forgotten.
+        if tuple(src.original_encoding) != (False, True):
+            ds.set_original_encoding(None, None)
+        now = now or datetime.datetime.now().astimezone()
+        for keyword in _STALE:
             if keyword in ds:
                 del ds[keyword]
-    _drop_nested_images(ds)
-    if not keep_private:
-        ds.remove_private_tags()
+        if str(ds.get("PixelPresentation") or "") in ("COLOR", "MIXED"):
+            ds.PixelPresentation = "MONOCHROME"
+        if source.info.sop_class_uid == ENHANCED_MR:
+            for keyword in _MR_ORIGINAL_ONLY:
+                if keyword in ds:
+                    del ds[keyword]
+        _drop_nested_images(ds)
+        if not keep_private:
+            ds.remove_private_tags()
 
-    bits_allocated, bits_stored = output_bits(levels)
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = bits_allocated
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
-    if "PresentationLUTShape" in ds:
-        ds.PresentationLUTShape = "IDENTITY"
+        bits_allocated, bits_stored = output_bits(levels)
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = bits_allocated
+        ds.BitsStored = bits_stored
+        ds.HighBit = bits_stored - 1
+        ds.PixelRepresentation = 0
+        if "PresentationLUTShape" in ds:
+            ds.PresentationLUTShape = "IDENTITY"
 
-    lo, hi = value_span
-    center, width = (lo + hi + 1) / 2, hi - lo + 1
-    has_groups = "SharedFunctionalGroupsSequence" in ds or "PerFrameFunctionalGroupsSequence" in ds
-    enhanced = has_groups or source.info.sop_class_uid in ENHANCED_CLASSES
-    if has_groups:
-        for name in (
-            "RescaleSlope",
-            "RescaleIntercept",
-            "RescaleType",
-            "WindowCenter",
-            "WindowWidth",
-        ):
-            if name in ds:
-                del ds[name]
-        _update_functional_groups(ds, center, width)
-    else:
-        if "RescaleSlope" in src or "RescaleIntercept" in src or source.info.modality == "CT":
-            ds.RescaleIntercept = "0"
-            ds.RescaleSlope = "1"
-            ds.RescaleType = "US"
-        ds.WindowCenter = _ds(center)
-        ds.WindowWidth = _ds(width)
-        ds.WindowCenterWidthExplanation = "EQUALIZED"
+        lo, hi = value_span
+        center, width = (lo + hi + 1) / 2, hi - lo + 1
+        has_groups = (
+            "SharedFunctionalGroupsSequence" in ds or "PerFrameFunctionalGroupsSequence" in ds
+        )
+        enhanced = has_groups or source.info.sop_class_uid in ENHANCED_CLASSES
+        if has_groups:
+            for name in (
+                "RescaleSlope",
+                "RescaleIntercept",
+                "RescaleType",
+                "WindowCenter",
+                "WindowWidth",
+            ):
+                if name in ds:
+                    del ds[name]
+            _update_functional_groups(ds, center, width)
+        else:
+            if "RescaleSlope" in src or "RescaleIntercept" in src or source.info.modality == "CT":
+                ds.RescaleIntercept = "0"
+                ds.RescaleSlope = "1"
+                ds.RescaleType = "US"
+            ds.WindowCenter = _ds(center)
+            ds.WindowWidth = _ds(width)
+            ds.WindowCenterWidthExplanation = "EQUALIZED"
 
-    image_type = [str(v) for v in (src.get("ImageType") or [])]
-    ds.ImageType = ["DERIVED", _second_value(image_type, source, enhanced), *image_type[2:]]
-    earlier = str(src.get("DerivationDescription") or "").strip()
-    text = f"{earlier}; {description}" if earlier else description
-    if len(text) > 1024:
-        keep = 1024 - len(description) - 5
-        text = (f"{earlier[:keep]}...; {description}" if keep > 0 else description)[:1024]
-    ds.DerivationDescription = text
+        image_type = [str(v) for v in (src.get("ImageType") or [])]
+        ds.ImageType = ["DERIVED", _second_value(image_type, source, enhanced), *image_type[2:]]
+        earlier = str(src.get("DerivationDescription") or "").strip()
+        text = f"{earlier}; {description}" if earlier else description
+        if len(text) > 1024:
+            keep = 1024 - len(description) - 5
+            text = (f"{earlier[:keep]}...; {description}" if keep > 0 else description)[:1024]
+        ds.DerivationDescription = text
 
-    reference = Dataset()
-    reference.ReferencedSOPClassUID = source.info.sop_class_uid
-    reference.ReferencedSOPInstanceUID = source.info.sop_instance_uid
-    if source.info.frames > 1:
-        reference.ReferencedFrameNumber = list(range(1, source.info.frames + 1))
-    reference.PurposeOfReferenceCodeSequence = DicomSequence(
-        [_code("121322", "Source image for image processing operation")]
-    )
-    reference.SpatialLocationsPreserved = "YES"
-    ds.SourceImageSequence = DicomSequence([reference])
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = source.info.sop_class_uid
+        reference.ReferencedSOPInstanceUID = source.info.sop_instance_uid
+        if source.info.frames > 1:
+            reference.ReferencedFrameNumber = list(range(1, source.info.frames + 1))
+        reference.PurposeOfReferenceCodeSequence = DicomSequence(
+            [_code("121322", "Source image for image processing operation")]
+        )
+        reference.SpatialLocationsPreserved = "YES"
+        ds.SourceImageSequence = DicomSequence([reference])
 
-    equipment = Dataset()
-    equipment.PurposeOfReferenceCodeSequence = DicomSequence(
-        [_code("109103", "Modifying Equipment")]
-    )
-    equipment.Manufacturer = MANUFACTURER
-    equipment.SoftwareVersions = _version()
-    equipment.ContributionDateTime = now.strftime("%Y%m%d%H%M%S.%f%z")
-    equipment.ContributionDescription = "Histogram equalization"
-    ds.ContributingEquipmentSequence = DicomSequence(
-        [*(src.get("ContributingEquipmentSequence") or []), equipment]
-    )
+        equipment = Dataset()
+        equipment.PurposeOfReferenceCodeSequence = DicomSequence(
+            [_code("109103", "Modifying Equipment")]
+        )
+        equipment.Manufacturer = MANUFACTURER
+        equipment.SoftwareVersions = _version()
+        equipment.ContributionDateTime = now.strftime("%Y%m%d%H%M%S.%f%z")
+        equipment.ContributionDescription = "Histogram equalization"
+        ds.ContributingEquipmentSequence = DicomSequence(
+            [*(src.get("ContributingEquipmentSequence") or []), equipment]
+        )
 
-    ts = source.info.transfer_syntax
-    if ts in _LOSSY_METHOD and str(src.get("LossyImageCompression") or "") != "01":
-        ds.LossyImageCompression = "01"
-        ds.LossyImageCompressionMethod = _LOSSY_METHOD[ts]
+        ts = source.info.transfer_syntax
+        if ts in _LOSSY_METHOD and str(src.get("LossyImageCompression") or "") != "01":
+            ds.LossyImageCompression = "01"
+            ds.LossyImageCompressionMethod = _LOSSY_METHOD[ts]
 
-    ds.SOPInstanceUID = derived_uid(source.info.sop_instance_uid, parameters, "instance")
-    ds.SeriesInstanceUID = series_uid
-    ds.SeriesNumber = series_number
-    base = str(src.get("SeriesDescription") or "").strip()
-    ds.SeriesDescription = (f"{base} {series_suffix}" if base else series_suffix)[-64:]
-    ds.InstanceCreationDate = now.strftime("%Y%m%d")
-    ds.InstanceCreationTime = now.strftime("%H%M%S")
+        ds.SOPInstanceUID = derived_uid(source.info.sop_instance_uid, parameters, "instance")
+        ds.SeriesInstanceUID = series_uid
+        ds.SeriesNumber = series_number
+        base = str(src.get("SeriesDescription") or "").strip()
+        ds.SeriesDescription = (f"{base} {series_suffix}" if base else series_suffix)[-64:]
+        ds.InstanceCreationDate = now.strftime("%Y%m%d")
+        ds.InstanceCreationTime = now.strftime("%H%M%S")
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(source.info.sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    meta.ImplementationClassUID = IMPLEMENTATION_UID
-    meta.ImplementationVersionName = f"MEDEQ_{_version()}"[:16]
-    ds.file_meta = meta
-    return ds
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = UID(source.info.sop_class_uid)
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        meta.ImplementationClassUID = IMPLEMENTATION_UID
+        meta.ImplementationVersionName = f"MEDEQ_{_version()}"[:16]
+        ds.file_meta = meta
+        return ds
 
 
 def _second_value(values: list[str], source: DicomImage, enhanced: bool) -> str:
@@ -508,12 +479,9 @@ def write_dataset(
     """Write a complete dataset to ``path`` atomically (DICOM file format)."""
 
     def save(f: BinaryIO) -> None:
-        with warnings.catch_warnings(record=True) as caught:
-            # Values copied from the source (an invalid UID) make pydicom warn again.
-            warnings.simplefilter("always")
+        # Values copied from the source (an invalid UID) make pydicom warn again.
+        with logged_warnings(str(path)):
             ds.save_as(f, enforce_file_format=True)
-        for w in caught:
-            logger.debug("%s: pydicom: %s", path, w.message)
 
     _atomic.atomic_write(path, save, overwrite=overwrite)
     return path
@@ -550,8 +518,9 @@ def write(
     derived : Derived
         The result of :func:`medeq.enhance`.
     path : path
-        For one image: the output file (or an existing folder to put it in, named after
-        the source). For a series: the folder; each file is named after its source.
+        For one image: the output file (or a folder, existing or ending in "/", to put
+        it in, named after the source). For a series: the folder; each file is named
+        after its source.
     transfer_syntax : {"explicit-little", "rle", "jpeg-ls", "jpeg2000"} or a UID
         Explicit VR Little Endian (default) or a lossless compressed syntax.
     preview : bool
@@ -576,7 +545,8 @@ def write(
     ts = TransferSyntax.parse(transfer_syntax)
     target = Path(path)
     sources: list[DicomImage] = derived.sources
-    if len(sources) == 1 and not target.is_dir():
+    folder = target.is_dir() or str(path).endswith(("/", os.sep))
+    if len(sources) == 1 and not folder:
         files = [target]
     else:
         files = [target / name for name in source_names(sources)]
