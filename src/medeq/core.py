@@ -176,60 +176,19 @@ class Binning:
 
     def index(self, values: NDArray[Any]) -> NDArray[np.intp]:
         """Bin index of every value, as intp with the shape of ``values``."""
-        last = self.bins - 1
-        if self.integer:
-            lo, hi = int(self.lo), int(self.hi)
-            span = hi - lo + 1
-            # Clip in the native dtype first so the offset below cannot overflow.
-            info = np.iinfo(values.dtype)
-            a = min(max(lo, int(info.min)), int(info.max))
-            b = max(min(hi, int(info.max)), int(info.min))
-            clipped = np.clip(values, values.dtype.type(a), values.dtype.type(b))
-            if hi < 2**63 and span * self.bins < 2**63:
-                offset = clipped.astype(np.int64) - np.int64(lo)
-                if self.bins != span:
-                    offset = (offset * self.bins) // span
-                exact: NDArray[np.intp] = offset.astype(np.intp, copy=False)
-                return exact
-            # Spans near 2**64 only arise with 64-bit data: double precision is the best
-            # available without a per-pixel Python integer.
-            scaled = (clipped.astype(np.float64) - lo) * (self.bins / span)
-        elif self.span == 0:
-            return np.full(values.shape, self.bins // 2, dtype=np.intp)
-        else:
-            scaled = (values.astype(np.float64) - self.lo) * (self.bins / self.span)
-        index: NDArray[np.intp] = np.clip(np.floor(scaled), 0, last).astype(np.intp)
-        return index
+        return _kernels.bin_index(values, self.lo, self.hi, self.bins, self.integer)
 
 
 def _small_int(dtype: np.dtype[Any]) -> bool:
     return dtype.kind in "iu" and dtype.itemsize <= 2
 
 
-def _value_counts(image: NDArray[Any], mask: NDArray[np.bool_] | None) -> NDArray[np.int64]:
-    """Counts of every possible value of an 8/16-bit integer image, in value order."""
-    bits = 8 * image.dtype.itemsize
-    raw = image.view(np.dtype(f"u{image.dtype.itemsize}"))
-    counts = _kernels.count(raw if mask is None else raw[mask], 2**bits)
-    if image.dtype.kind == "i":
-        # Raw bit patterns of negative values follow the positive ones; rotate so the
-        # counts run from the dtype's minimum to its maximum.
-        counts = np.roll(counts, 2 ** (bits - 1))
-    return counts
-
-
-def _data_range(
-    image: NDArray[Any], mask: NDArray[np.bool_] | None, value_counts: NDArray[np.int64] | None
-) -> tuple[float, float]:
-    if value_counts is not None:
-        nz = np.flatnonzero(value_counts)
-        base = int(np.iinfo(image.dtype).min)
-        return base + int(nz[0]), base + int(nz[-1])
-    data = image if mask is None else image[mask]
-    lo, hi = data.min(), data.max()
+def _data_range(image: NDArray[Any], mask: NDArray[np.bool_] | None) -> tuple[float, float]:
+    lo, hi = _kernels.min_max(image, mask)
     if image.dtype.kind in "iu":
         return int(lo), int(hi)
-    return float(lo), float(hi)
+    # + 0.0 turns -0.0 into 0.0: which of the two zeros a minimum returns is not defined.
+    return float(lo) + 0.0, float(hi) + 0.0
 
 
 def _binning(
@@ -247,14 +206,13 @@ def _binning(
 
 @dataclass(frozen=True)
 class _Histogram:
-    """A histogram together with what is needed to map pixels through a LUT of it."""
+    """A histogram together with how its LUT is to be applied."""
 
     binning: Binning
     counts: NDArray[np.int64]
-    #: For 8/16-bit integers: the bin of every possible value, in value order.
-    value_bins: NDArray[np.intp] | None
-    #: Otherwise: the bin of every pixel.
-    pixel_bins: NDArray[np.intp] | None
+    #: 8/16-bit integers are mapped through a table indexed by value; other dtypes are
+    #: binned again, pixel by pixel, as they are mapped.
+    by_value: bool
 
 
 def _compute_histogram(
@@ -264,19 +222,34 @@ def _compute_histogram(
     mask: NDArray[np.bool_] | None,
 ) -> _Histogram:
     if _small_int(image.dtype):
-        # Count the (at most 65536) raw values once, then bin the value table: no
-        # per-pixel index array is needed, and the LUT is applied by raw value.
-        info = np.iinfo(image.dtype)
-        vcounts = _value_counts(image, mask)
-        binning = _binning(image, bins, value_range, _data_range(image, mask, vcounts))
-        values = np.arange(info.min, info.max + 1, dtype=np.int64)
-        value_bins = binning.index(values)
-        counts = np.bincount(value_bins, weights=vcounts, minlength=binning.bins)
-        return _Histogram(binning, np.rint(counts).astype(np.int64), value_bins, None)
-    binning = _binning(image, bins, value_range, _data_range(image, mask, None))
-    pixel_bins = binning.index(image)
-    counts = _kernels.count(pixel_bins if mask is None else pixel_bins[mask], binning.bins)
-    return _Histogram(binning, counts, None, pixel_bins)
+        # Count the (at most 65536) values once, then bin the table of values: no
+        # per-pixel arithmetic is needed.
+        first, vcounts = _kernels.value_counts(image, mask)
+        nz = np.flatnonzero(vcounts)
+        data_range = (first + int(nz[0]), first + int(nz[-1]))
+        binning = _binning(image, bins, value_range, data_range)
+        values = np.arange(first, first + vcounts.size, dtype=np.int64)
+        counts = np.bincount(binning.index(values), weights=vcounts, minlength=binning.bins)
+        return _Histogram(binning, np.rint(counts).astype(np.int64), True)
+    b = _binning(image, bins, value_range, _data_range(image, mask))
+    # Binning and counting in one pass: no per-pixel index array.
+    counts = _kernels.bin_counts(image, mask, b.lo, b.hi, b.bins, b.integer)
+    return _Histogram(b, counts, False)
+
+
+def _value_table(dtype: np.dtype[Any], binning: Binning, lut: NDArray[Any]) -> NDArray[Any]:
+    """The LUT entry of every value of an 8/16-bit dtype, in value order."""
+    info = np.iinfo(dtype)
+    vmin, vmax = int(info.min), int(info.max)
+    # Values below a (above b) share a's (b's) bin; only [a, b] needs binning.
+    a = min(max(int(binning.lo), vmin), vmax)
+    b = max(min(int(binning.hi), vmax), vmin)
+    inner = lut[binning.index(np.arange(a, b + 1, dtype=np.int64))]
+    table = np.empty(vmax - vmin + 1, lut.dtype)
+    table[: a - vmin] = inner[0]
+    table[a - vmin : b - vmin + 1] = inner
+    table[b - vmin + 1 :] = inner[-1]
+    return table
 
 
 # --------------------------------------------------------------------------- public API
@@ -473,16 +446,10 @@ def _equalize_one(
     lut = equalization_lut(h.counts, out_levels, variant=variant)
     if out_levels is None:
         lut = lut.astype(_float_out(image.dtype))
-    if h.value_bins is not None:
-        # A table indexed by raw bit pattern, so the image is mapped without any
-        # per-pixel arithmetic.
-        value_lut = lut[h.value_bins]
-        if image.dtype.kind == "i":
-            value_lut = np.roll(value_lut, -(2 ** (8 * image.dtype.itemsize - 1)))
-        raw = image.view(np.dtype(f"u{image.dtype.itemsize}"))
-        return _kernels.apply_lut(value_lut, raw)
-    assert h.pixel_bins is not None
-    return _kernels.apply_lut(lut, h.pixel_bins)
+    if h.by_value:
+        return _kernels.map_values(_value_table(image.dtype, h.binning, lut), image)
+    b = h.binning
+    return _kernels.map_bins(image, lut, b.lo, b.hi, b.integer)
 
 
 def equalize(
