@@ -65,6 +65,7 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
     pool = _parallel.WorkSharing(2)
     if request.param != "serial":
         monkeypatch.setattr(_kernels, "SERIAL_BELOW", 0)
+        monkeypatch.setattr(_kernels, "MIN_CHUNK", 3)
         monkeypatch.setattr(_parallel, "_pool", pool)
     if request.param == "pieces":
         monkeypatch.setattr(_kernels, "MAX_SPAN", 97)

@@ -13,6 +13,7 @@ double precision and floored, clipped to the end bins.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -30,9 +31,11 @@ _log = logging.getLogger(__name__)
 #: Images with fewer pixels are done by the calling thread alone: handing out work costs
 #: more than it saves there (measured on 2 cores; see docs/performance.md).
 SERIAL_BELOW = 1 << 17
-#: Chunks per thread on the parallel path: more even out threads that start late or
-#: share their core with another process, at a cost of a few microseconds each.
-CHUNKS_PER_THREAD = 4
+#: Smallest chunk on the parallel path. Chunks shrink as the work runs out (each takes
+#: a share of what is left), so a thread that starts late or shares its core with
+#: another process holds the others up by one small chunk at most; each chunk costs
+#: about a microsecond to hand out.
+MIN_CHUNK = 1 << 16
 #: Images are counted in pieces of at most this many pixels, drained between pieces,
 #: so the uint32 counters of one thread cannot wrap.
 MAX_SPAN = 1 << 31
@@ -127,6 +130,13 @@ def _keep(buf: NDArray[np.uint32]) -> None:
 # --------------------------------------------------------------------------- binning (numpy)
 
 
+@functools.lru_cache(maxsize=32)
+def dtype_limits(dtype: np.dtype[Any]) -> tuple[int, int]:
+    """Smallest and largest value of an integer dtype (np.iinfo is slow to construct)."""
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
 def int_exact(lo: int, hi: int, bins: int) -> bool:
     """Whether integer binning over ``lo .. hi`` can be done in exact 64-bit arithmetic."""
     return hi < 2**63 and lo >= -(2**63) and (hi - lo + 1) * bins < 2**63
@@ -141,13 +151,13 @@ def bin_index(
         ilo, ihi = int(lo), int(hi)
         span = ihi - ilo + 1
         # Clip in the native dtype first so the offset below cannot overflow.
-        info = np.iinfo(values.dtype)
-        a = min(max(ilo, int(info.min)), int(info.max))
-        b = max(min(ihi, int(info.max)), int(info.min))
+        dmin, dmax = dtype_limits(values.dtype)
+        a = min(max(ilo, dmin), dmax)
+        b = max(min(ihi, dmax), dmin)
         clipped = np.clip(values, values.dtype.type(a), values.dtype.type(b))
         if int_exact(ilo, ihi, bins):
             offset = clipped.astype(np.int64) - np.int64(ilo)
-            if ilo > info.max or ihi < info.min:
+            if ilo > dmax or ihi < dmin:
                 # A value range beyond the dtype's own range: every value is below (or
                 # above) it, and belongs in the first (or last) bin.
                 np.clip(offset, 0, span - 1, out=offset)
@@ -169,9 +179,9 @@ def bin_index(
 
 def _int_params(dtype: np.dtype[Any], lo: int, hi: int, bins: int) -> tuple[Any, ...]:
     """Arguments of the compiled integer binning: clip bounds in the data's dtype, etc."""
-    info = np.iinfo(dtype)
-    a = min(max(lo, int(info.min)), int(info.max))
-    b = max(min(hi, int(info.max)), int(info.min))
+    dmin, dmax = dtype_limits(dtype)
+    a = min(max(lo, dmin), dmax)
+    b = max(min(hi, dmax), dmin)
     span = hi - lo + 1
     return dtype.type(a), dtype.type(b), lo, span, bins, 1.0 / span
 
@@ -194,23 +204,23 @@ def _jit_bins(
 # --------------------------------------------------------------------------- running chunks
 
 
-def _nchunks(size: int) -> int:
-    workers = _parallel.pool().threads
-    if size < SERIAL_BELOW or workers == 1:
-        return 1
-    return workers * CHUNKS_PER_THREAD
+def _chunks(start: int, stop: int) -> list[int]:
+    """Chunk boundaries over ``[start, stop)``: one chunk, or shrinking ones for threads."""
+    threads = _parallel.pool().threads
+    size = stop - start
+    if size < SERIAL_BELOW or threads == 1:
+        return [start, stop]
+    bounds = [start]
+    while bounds[-1] < stop:
+        step = max(MIN_CHUNK, (stop - bounds[-1]) // (2 * threads))
+        bounds.append(min(stop, bounds[-1] + step))
+    return bounds
 
 
 def _run(size: int, body: Callable[[int, int], None]) -> None:
     """Call ``body(start, stop)`` on chunks covering ``[0, size)``, on the pool's threads."""
-    nchunks = _nchunks(size)
-
-    def chunk(c: int, slot: int) -> None:
-        start, stop = size * c // nchunks, size * (c + 1) // nchunks
-        if start < stop:
-            body(start, stop)
-
-    _parallel.pool().run(chunk, nchunks)
+    bounds = _chunks(0, size)
+    _parallel.pool().run(lambda c, slot: body(bounds[c], bounds[c + 1]), len(bounds) - 1)
 
 
 def _count(
@@ -248,21 +258,17 @@ def _count_piece(
     count_chunk: Callable[[NDArray[np.uint32], int, int], tuple[int, int]],
 ) -> tuple[int, NDArray[np.int64]]:
     """Count the pixels ``piece .. piece + length - 1``, then drain the counters."""
-    workers = _parallel.pool()
-    nchunks = _nchunks(length)
+    bounds = _chunks(piece, piece + length)
     used: list[tuple[int, int] | None] = [None] * hs.shape[0]
 
     def chunk(c: int, slot: int) -> None:
-        start = piece + length * c // nchunks
-        stop = piece + length * (c + 1) // nchunks
-        if start < stop:
-            first, last = count_chunk(hs[slot], start, stop)
-            seen = used[slot]
-            if seen is not None:
-                first, last = min(seen[0], first), max(seen[1], last)
-            used[slot] = first, last
+        first, last = count_chunk(hs[slot], bounds[c], bounds[c + 1])
+        seen = used[slot]
+        if seen is not None:
+            first, last = min(seen[0], first), max(seen[1], last)
+        used[slot] = first, last
 
-    workers.run(chunk, nchunks)
+    _parallel.pool().run(chunk, len(bounds) - 1)
     ranges = [(slot, r) for slot, r in enumerate(used) if r is not None]
     first = min(r[0] for _, r in ranges)
     counts = np.zeros(max(r[1] for _, r in ranges) - first + 1, np.int64)
@@ -282,7 +288,7 @@ def value_counts(
     Returns ``(first, counts)``: ``counts[k]`` is the number of pixels of value
     ``first + k``; values outside the returned run are absent.
     """
-    base = int(np.iinfo(image.dtype).min)
+    base = dtype_limits(image.dtype)[0]
     module = jit()
     if module is None:
         # Raw bit patterns of negative values follow the positive ones; rolling the
@@ -308,7 +314,7 @@ def map_values(table: NDArray[Any], image: NDArray[Any]) -> NDArray[Any]:
     ``table`` has one entry per value of the dtype, in value order. Returns a new
     C-ordered array with the shape of ``image`` and the dtype of ``table``.
     """
-    base = int(np.iinfo(image.dtype).min)
+    base = dtype_limits(image.dtype)[0]
     module = jit()
     if module is None:
         raw = image.view(np.dtype(f"u{image.dtype.itemsize}"))

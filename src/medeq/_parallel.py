@@ -23,6 +23,8 @@ from collections.abc import Callable
 
 #: How long the caller spins for chunks still running on a helper before it sleeps.
 _SPIN_SECONDS = 0.002
+#: Give up the CPU without sleeping (releases the GIL).
+_yield: Callable[[], None] = getattr(os, "sched_yield", lambda: time.sleep(0))
 
 
 def _default_threads() -> int:
@@ -116,25 +118,26 @@ class WorkSharing:
 
         Chunks of one slot run one after another in one thread. Returns when all have
         run; re-raises the first exception a chunk raised (the remaining chunks are
-        skipped). When another thread is already using the helpers, the caller runs
-        every chunk itself.
+        then skipped). When another thread is already using the helpers, the caller
+        runs every chunk itself.
         """
-        job = _Job(body, nchunks)
         if self._threads == 1 or nchunks == 1 or not self._busy.acquire(blocking=False):
+            for chunk in range(nchunks):
+                body(chunk, 0)
+            return
+        job = _Job(body, nchunks)
+        try:
+            self._start_helpers()
+            with self._wake:
+                self._job = job
+                self._generation += 1
+                self._wake.notify_all()
             job.work(0)
-        else:
-            try:
-                self._start_helpers()
-                with self._wake:
-                    self._job = job
-                    self._generation += 1
-                    self._wake.notify_all()
-                job.work(0)
-                self._wait(job)
-            finally:
-                with self._wake:
-                    self._job = None
-                self._busy.release()
+            self._wait(job)
+        finally:
+            with self._wake:
+                self._job = None
+            self._busy.release()
         if job.error is not None:
             raise job.error
 
@@ -146,8 +149,9 @@ class WorkSharing:
             if time.perf_counter() > deadline:
                 job.finished.wait()
                 return
-            # Sleeping here would cost a wake-up as slow as the one this design avoids.
-            time.sleep(0)
+            # Sleeping here would cost a wake-up as slow as the one this design avoids;
+            # yielding lets a helper that shares this core finish.
+            _yield()
 
 
 _pool = WorkSharing()

@@ -21,6 +21,7 @@ precision exactly as OpenCV does, so ``equalize`` on uint8 is bit-identical to
 from __future__ import annotations
 
 import enum
+import functools
 import numbers
 from dataclasses import dataclass
 from typing import Any
@@ -210,9 +211,17 @@ class _Histogram:
 
     binning: Binning
     counts: NDArray[np.int64]
-    #: 8/16-bit integers are mapped through a table indexed by value; other dtypes are
-    #: binned again, pixel by pixel, as they are mapped.
-    by_value: bool
+    #: 8/16-bit integers: the bin of every value from ``value_bins_from`` on (covering
+    #: the counted values and the binning's ``[lo, hi]`` within the dtype), for mapping
+    #: by value. None for other dtypes, whose pixels are binned again as they are mapped.
+    value_bins: NDArray[np.intp] | None = None
+    value_bins_from: int = 0
+
+
+def _clamped_range(dtype: np.dtype[Any], binning: Binning) -> tuple[int, int]:
+    """The binning's ``[lo, hi]`` clamped to the dtype: values beyond share an end's bin."""
+    vmin, vmax = _kernels.dtype_limits(dtype)
+    return min(max(int(binning.lo), vmin), vmax), max(min(int(binning.hi), vmax), vmin)
 
 
 def _compute_histogram(
@@ -225,26 +234,32 @@ def _compute_histogram(
         # Count the (at most 65536) values once, then bin the table of values: no
         # per-pixel arithmetic is needed.
         first, vcounts = _kernels.value_counts(image, mask)
+        last = first + vcounts.size - 1
         nz = np.flatnonzero(vcounts)
-        data_range = (first + int(nz[0]), first + int(nz[-1]))
-        binning = _binning(image, bins, value_range, data_range)
-        values = np.arange(first, first + vcounts.size, dtype=np.int64)
-        counts = np.bincount(binning.index(values), weights=vcounts, minlength=binning.bins)
-        return _Histogram(binning, np.rint(counts).astype(np.int64), True)
-    b = _binning(image, bins, value_range, _data_range(image, mask))
+        binning = _binning(image, bins, value_range, (first + int(nz[0]), first + int(nz[-1])))
+        a, b = _clamped_range(image.dtype, binning)
+        start, stop = min(first, a), max(last, b)
+        values = np.arange(start, stop + 1, dtype=np.int64)
+        if binning.bins == stop - start + 1 and (binning.lo, binning.hi) == (start, stop):
+            # One bin per level, and no value outside: the bin is the offset.
+            value_bins: NDArray[np.intp] = values - start
+        else:
+            value_bins = binning.index(values)
+        counted = value_bins[first - start : last - start + 1]
+        counts = np.bincount(counted, weights=vcounts, minlength=binning.bins)
+        return _Histogram(binning, np.rint(counts).astype(np.int64), value_bins, start)
+    binning = _binning(image, bins, value_range, _data_range(image, mask))
     # Binning and counting in one pass: no per-pixel index array.
-    counts = _kernels.bin_counts(image, mask, b.lo, b.hi, b.bins, b.integer)
-    return _Histogram(b, counts, False)
+    counts = _kernels.bin_counts(image, mask, binning.lo, binning.hi, binning.bins, binning.integer)
+    return _Histogram(binning, counts)
 
 
-def _value_table(dtype: np.dtype[Any], binning: Binning, lut: NDArray[Any]) -> NDArray[Any]:
+def _value_table(dtype: np.dtype[Any], h: _Histogram, lut: NDArray[Any]) -> NDArray[Any]:
     """The LUT entry of every value of an 8/16-bit dtype, in value order."""
-    info = np.iinfo(dtype)
-    vmin, vmax = int(info.min), int(info.max)
-    # Values below a (above b) share a's (b's) bin; only [a, b] needs binning.
-    a = min(max(int(binning.lo), vmin), vmax)
-    b = max(min(int(binning.hi), vmax), vmin)
-    inner = lut[binning.index(np.arange(a, b + 1, dtype=np.int64))]
+    assert h.value_bins is not None
+    vmin, vmax = _kernels.dtype_limits(dtype)
+    a, b = _clamped_range(dtype, h.binning)
+    inner = lut[h.value_bins[a - h.value_bins_from : b - h.value_bins_from + 1]]
     table = np.empty(vmax - vmin + 1, lut.dtype)
     table[: a - vmin] = inner[0]
     table[a - vmin : b - vmin + 1] = inner
@@ -299,6 +314,7 @@ def histogram(
     return h.counts, h.binning.edges()
 
 
+@functools.lru_cache(maxsize=64)
 def _lut_dtype(levels: int) -> np.dtype[Any]:
     for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
         if levels - 1 <= np.iinfo(dt).max:
@@ -368,11 +384,15 @@ def equalization_lut(
         raise ParameterError("counts must not be negative")
     levels = _whole_number(levels, "levels", 2, None)
     c64 = c.astype(np.int64)
+    if not c64.any():
+        raise ParameterError("counts are all zero: there is nothing to equalize")
+    return _lut(c64, levels, var)
+
+
+def _lut(c64: NDArray[np.int64], levels: int | None, var: Variant) -> NDArray[Any]:
+    """:func:`equalization_lut` of validated counts (not all zero)."""
     cdf = np.cumsum(c64)
     total = int(cdf[-1])
-    if total == 0:
-        raise ParameterError("counts are all zero: there is nothing to equalize")
-
     if var is Variant.SEED:
         # Exactly the tutorial's steps: pdf, then its running sum, then scale and round.
         frac = np.cumsum(c64 / total)
@@ -382,7 +402,7 @@ def equalization_lut(
 
     nonzero = np.flatnonzero(c64)
     if nonzero.size == 1:
-        return _identity_lut(c.size, levels)
+        return _identity_lut(c64.size, levels)
     cdf_min = int(c64[nonzero[0]])
     above = cdf - cdf_min
     denom = total - cdf_min
@@ -443,11 +463,11 @@ def _equalize_one(
     h = _compute_histogram(image, bins, value_range, mask)
     if variant is Variant.STANDARD and np.count_nonzero(h.counts) == 1:
         return _identity(image, out_levels)
-    lut = equalization_lut(h.counts, out_levels, variant=variant)
+    lut = _lut(h.counts, out_levels, variant)
     if out_levels is None:
         lut = lut.astype(_float_out(image.dtype))
-    if h.by_value:
-        return _kernels.map_values(_value_table(image.dtype, h.binning, lut), image)
+    if h.value_bins is not None:
+        return _kernels.map_values(_value_table(image.dtype, h, lut), image)
     b = h.binning
     return _kernels.map_bins(image, lut, b.lo, b.hi, b.integer)
 
