@@ -139,8 +139,7 @@ def bandwidth(ctx: Context) -> CaseResult:
     threads = medeq_threads()
 
     def copy_threads() -> None:
-        parts = np.array_split(np.arange(nbytes), threads)
-        bounds = [(int(p[0]), int(p[-1]) + 1) for p in parts if p.size]
+        bounds = [(nbytes * k // threads, nbytes * (k + 1) // threads) for k in range(threads)]
         workers = [threading.Thread(target=np.copyto, args=(dst[a:b], src[a:b])) for a, b in bounds]
         for w in workers:
             w.start()
