@@ -1,8 +1,8 @@
 """Timing, machine facts and result tables for the benchmark suite (no medeq logic here).
 
-Peers of a case are timed round by round, each round calling every peer once in a
-rotating order, so load from other processes on a shared machine hits every peer alike;
-the table reports medians. The CPU time other processes used during each case is
+Peers of a case are timed round by round, each round calling every peer a few times in
+a rotating order, so load from other processes on a shared machine hits every peer
+alike; the table reports medians. The CPU time other processes used during each case is
 recorded, so a busy machine shows in the results instead of hiding in them.
 """
 
@@ -121,13 +121,17 @@ class CaseResult:
 
 
 def time_peers(
-    peers: list[Peer], *, rounds: int, budget_s: float, min_runs: int = 3
+    peers: list[Peer], *, rounds: int, budget_s: float, min_runs: int = 3, block: int = 5
 ) -> dict[str, tuple[float, int]]:
-    """Median time (scaled) and run count of every peer, interleaved round by round.
+    """Median time (scaled) and run count of every peer, interleaved in blocks.
 
-    Every peer is called once first, untimed (compilation, caches). A peer runs in at
-    most ``rounds`` rounds, and fewer when ``budget_s`` would not cover them, but at
-    least ``min_runs`` times (and never more than its ``max_runs``).
+    Every peer is called once first, untimed (compilation, caches). Then, round by
+    round, each peer runs ``block`` calls in a row; the order of the peers rotates from
+    round to round. Blocks rather than single calls: libraries with thread pools (OpenCV,
+    medeq) leave their helper threads spinning or waking for a moment after a call,
+    which would otherwise land on whichever peer runs next. A peer makes at most
+    ``rounds`` calls, fewer when ``budget_s`` would not cover them, but at least
+    ``min_runs`` (and never more than its ``max_runs``).
     """
     runs: dict[str, int] = {}
     for peer in peers:
@@ -138,14 +142,17 @@ def time_peers(
         n = max(min_runs, min(rounds, fit))
         runs[peer.name] = n if peer.max_runs is None else min(n, peer.max_runs)
     times: dict[str, list[float]] = {p.name: [] for p in peers}
-    for r in range(max(runs.values())):
-        # Rotate the order so no peer always runs right after a particular other one.
+    r = 0
+    while any(len(times[p.name]) < runs[p.name] for p in peers):
         order = peers[r % len(peers) :] + peers[: r % len(peers)]
         for peer in order:
-            if len(times[peer.name]) < runs[peer.name]:
+            for _ in range(block):
+                if len(times[peer.name]) >= runs[peer.name]:
+                    break
                 start = time.perf_counter()
                 peer.call()
                 times[peer.name].append((time.perf_counter() - start) * peer.scale)
+        r += 1
     return {name: (statistics.median(t), len(t)) for name, t in times.items()}
 
 

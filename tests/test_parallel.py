@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -22,12 +23,46 @@ def pool() -> Iterator[_parallel.WorkSharing]:
     workers.close()
 
 
+class Chunks:
+    """A job in plain Python: workers claim chunks from a shared counter, as in _jit."""
+
+    def __init__(self, nchunks: int, body: Callable[[int, int], None]) -> None:
+        self.nchunks = nchunks
+        self.body = body
+        self.claims = itertools.count()
+        self.done: list[int] = []
+
+    def work(self, slot: int, generation: int, spins: int) -> None:
+        while (chunk := next(self.claims)) < self.nchunks:
+            self.body(chunk, slot)
+            self.done.append(chunk)
+
+    def finished(self) -> bool:
+        return len(self.done) == self.nchunks
+
+
+def run(pool: _parallel.WorkSharing, nchunks: int, body: Callable[[int, int], None]) -> Chunks:
+    job = Chunks(nchunks, body)
+    pool.run(job.work, job.finished)
+    return job
+
+
 def test_every_chunk_runs_once_in_a_valid_slot(pool: _parallel.WorkSharing) -> None:
     for nchunks in (1, 2, 7, 100):
         seen: list[tuple[int, int]] = []
-        pool.run(lambda c, slot, seen=seen: seen.append((c, slot)), nchunks)
+        job = run(pool, nchunks, lambda c, slot, seen=seen: seen.append((c, slot)))
+        assert job.finished()
         assert sorted(c for c, _ in seen) == list(range(nchunks))
         assert all(0 <= slot < pool.threads for _, slot in seen)
+
+
+def test_helpers_take_part(pool: _parallel.WorkSharing) -> None:
+    slots: set[int] = set()
+    for _ in range(20):
+        run(pool, 40, lambda c, slot: (slots.add(slot), time.sleep(0.001)))
+        if len(slots) > 1:
+            break
+    assert len(slots) > 1
 
 
 def test_chunks_of_one_slot_never_overlap(pool: _parallel.WorkSharing) -> None:
@@ -41,60 +76,57 @@ def test_chunks_of_one_slot_never_overlap(pool: _parallel.WorkSharing) -> None:
         time.sleep(0.0002)
         busy[slot] -= 1
 
-    pool.run(body, 50)
+    run(pool, 50, body)
     assert not clashes
 
 
-def test_an_error_in_a_chunk_is_raised_and_the_pool_still_works(
-    pool: _parallel.WorkSharing,
-) -> None:
+def test_an_error_is_raised_after_every_call_returned(pool: _parallel.WorkSharing) -> None:
+    running = []
+
     def body(c: int, slot: int) -> None:
+        running.append(1)
+        time.sleep(0.002)
+        running.pop()
         if c == 3:
             raise KeyError("chunk 3")
 
     with pytest.raises(KeyError, match="chunk 3"):
-        pool.run(body, 10)
-    done: list[int] = []
-    pool.run(lambda c, slot: done.append(c), 10)
-    assert sorted(done) == list(range(10))
+        run(pool, 10, body)
+    assert not running  # nothing still writing into the caller's buffers
+    job = run(pool, 10, lambda c, slot: None)
+    assert sorted(job.done) == list(range(10))
 
 
 def test_concurrent_callers_each_get_all_their_chunks(pool: _parallel.WorkSharing) -> None:
-    results: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    results: dict[int, list[bool]] = {0: [], 1: [], 2: []}
 
     def caller(k: int) -> None:
         for _ in range(20):
-            got: list[int] = []
-
-            def body(c: int, slot: int, got: list[int] = got) -> None:
-                time.sleep(0.0001)
-                got.append(c)
-
-            pool.run(body, 9)
-            results[k].append(len(set(got)) if sorted(got) == list(range(9)) else -1)
+            job = run(pool, 9, lambda c, slot: time.sleep(0.0001))
+            results[k].append(sorted(job.done) == list(range(9)))
 
     threads = [threading.Thread(target=caller, args=(k,)) for k in results]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert all(r == [9] * 20 for r in results.values())
+    assert all(r == [True] * 20 for r in results.values())
 
 
 def test_one_thread_runs_everything_in_the_caller() -> None:
     workers = _parallel.WorkSharing(1)
     me = threading.get_ident()
     idents = set()
-    workers.run(lambda c, slot: idents.add((threading.get_ident(), slot)), 5)
+    run(workers, 5, lambda c, slot: idents.add((threading.get_ident(), slot)))
     assert idents == {(me, 0)}
 
 
 def test_closed_pool_runs_in_the_caller(pool: _parallel.WorkSharing) -> None:
-    pool.run(lambda c, slot: None, 4)  # starts the helpers
+    run(pool, 4, lambda c, slot: None)  # starts the helpers
     pool.close()
     me = threading.get_ident()
     idents = set()
-    pool.run(lambda c, slot: idents.add(threading.get_ident()), 6)
+    run(pool, 6, lambda c, slot: idents.add(threading.get_ident()))
     assert idents == {me}
 
 

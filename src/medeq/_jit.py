@@ -7,12 +7,18 @@ Conventions shared by every function here:
 
 - Arrays are 3-D: :mod:`medeq._kernels` presents a contiguous array of any shape as
   ``(1, 1, size)`` and a strided one as ``(P, M, N)``, so one body serves both.
-- A function works on the flat index range ``[start, stop)`` (not empty): one chunk.
-  :mod:`medeq._parallel` runs chunks on several threads; the functions release the GIL.
+- Work is split into chunks of the flat index range, ``bounds[c] .. bounds[c + 1]``.
+  The public functions are workers: every thread that takes part calls the same one,
+  and each call takes chunks from the shared counter ``work[0]`` (an atomic add) until
+  none are left, counting finished ones in ``work[1]``. A thread thus needs the GIL once
+  per call, not once per chunk, and the functions release it (``nogil``). Helper
+  threads then linger (``control``, ``generation``, ``spins``: see ``_linger``).
 - Counting adds to ``NSUB`` sub-histograms of uint32 ``h`` (one set per thread, fewer
   than 2**32 pixels each) that the caller allocates once and that are zero on entry;
   ``drain`` adds them up and leaves them zero again. Allocating them per call would cost
   more than counting a small image.
+- Results a thread must hand back (the bins it used, its minimum and maximum) are written
+  to its own slot of an array before its chunk counts as finished.
 - Masks arrive as uint8 (0 or 1).
 - Indices are cast to unsigned before they index an array: numba then skips its test
   for negative (from-the-end) indices, which costs a third of the counting loop.
@@ -29,6 +35,8 @@ from typing import Any, TypeVar
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import intrinsic
 
 _log = logging.getLogger(__name__)
 
@@ -63,6 +71,70 @@ def _jit() -> Callable[[_F], _F]:
         return jitted  # type: ignore[no-any-return]
 
     return decorate
+
+
+# --------------------------------------------------------------------------- sharing work
+
+
+def _fetch_add_impl(typingctx: Any, counters: Any, index: Any) -> Any:
+    """Atomically add 1 to ``counters[index]`` (int64) and return the value before."""
+    if not (isinstance(counters, types.Array) and counters.dtype == types.int64):
+        return None
+    signature = types.int64(counters, index)
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        array = context.make_array(sig.args[0])(context, builder, value=args[0])
+        position = context.cast(builder, args[1], sig.args[1], types.intp)
+        pointer = builder.gep(array.data, [position], inbounds=True)
+        one = context.get_constant(types.int64, 1)
+        return builder.atomic_rmw("add", pointer, one, "seq_cst")
+
+    return signature, codegen
+
+
+_fetch_add: Any = intrinsic(_fetch_add_impl)
+
+
+def _load_impl(typingctx: Any, counters: Any) -> Any:
+    """Read ``counters[0]`` (int64) afresh on every call, as another thread may change it."""
+    if not (isinstance(counters, types.Array) and counters.dtype == types.int64):
+        return None
+    signature = types.int64(counters)
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        array = context.make_array(sig.args[0])(context, builder, value=args[0])
+        return builder.load_atomic(array.data, "acquire", 8)
+
+    return signature, codegen
+
+
+_load: Any = intrinsic(_load_impl)
+
+
+@_jit()
+def _claim(bounds: Any, work: Any) -> int:
+    """The next chunk for this thread, or -1 when none is left."""
+    chunk = _fetch_add(work, 0)
+    return chunk if chunk < bounds.size - 1 else -1
+
+
+@_jit()
+def _finished(work: Any) -> None:
+    _fetch_add(work, 1)
+
+
+@_jit()
+def _linger(control: Any, generation: int, spins: int) -> None:
+    """Stay in compiled code, without the GIL, until the pool hands out another job.
+
+    For helper threads (``spins`` > 0; the caller passes 0). A helper returning to Python
+    at once would queue for the GIL while the caller runs the Python between two jobs
+    (the LUT between counting and mapping), and every hand-over of the GIL costs a
+    thread wake-up. ``generation`` is this job's number, ``control[0]`` the newest job's.
+    """
+    for _ in range(spins):
+        if _load(control) != generation:
+            return
 
 
 # --------------------------------------------------------------------------- per value
@@ -246,7 +318,7 @@ def _min_max_all(d: Any, start: int, stop: int) -> tuple[Any, Any]:
 
 
 @_jit()
-def count_raw(d: Any, m: Any, base: int, h: Any, start: int, stop: int) -> tuple[int, int]:
+def _count_raw_chunk(d: Any, m: Any, base: int, h: Any, start: int, stop: int) -> tuple[int, int]:
     """Count 8/16-bit values into ``h`` (bin ``k`` is the value ``base + k``).
 
     Returns the range of bins that may have been used: for 16-bit data those between the
@@ -270,7 +342,7 @@ def count_raw(d: Any, m: Any, base: int, h: Any, start: int, stop: int) -> tuple
 
 
 @_jit()
-def count_int(
+def _count_int_chunk(
     d: Any,
     m: Any,
     a: Any,
@@ -294,7 +366,7 @@ def count_int(
 
 
 @_jit()
-def count_float(
+def _count_float_chunk(
     d: Any, m: Any, lo: float, span: float, fbins: float, last: int, h: Any, start: int, stop: int
 ) -> None:
     k = start
@@ -311,7 +383,7 @@ def count_float(
 
 
 @_jit()
-def map_raw(d: Any, table: Any, out: Any, base: int, start: int, stop: int) -> None:
+def _map_raw_chunk(d: Any, table: Any, out: Any, base: int, start: int, stop: int) -> None:
     """``out = table[d - base]`` over ``[start, stop)``."""
     k = start
     while k < stop:
@@ -321,7 +393,7 @@ def map_raw(d: Any, table: Any, out: Any, base: int, start: int, stop: int) -> N
 
 
 @_jit()
-def map_int(
+def _map_int_chunk(
     d: Any,
     lut: Any,
     out: Any,
@@ -343,7 +415,7 @@ def map_int(
 
 
 @_jit()
-def map_float(
+def _map_float_chunk(
     d: Any, lut: Any, out: Any, lo: float, span: float, fbins: float, start: int, stop: int
 ) -> None:
     """``out = lut[bin(d)]`` for float data over ``[start, stop)``."""
@@ -356,7 +428,7 @@ def map_float(
 
 
 @_jit()
-def min_max(d: Any, m: Any, start: int, stop: int) -> tuple[bool, Any, Any]:
+def _min_max_chunk(d: Any, m: Any, start: int, stop: int) -> tuple[bool, Any, Any]:
     """``(found, min, max)`` of the (masked) values in ``[start, stop)`` (not empty)."""
     if m is None:
         lo, hi = _min_max_all(d, start, stop)
@@ -382,3 +454,200 @@ def min_max(d: Any, m: Any, start: int, stop: int) -> tuple[bool, Any, Any]:
                     hi = v
         k += c1 - c0
     return found, lo, hi
+
+
+# --------------------------------------------------------------------------- workers
+
+
+@_jit()
+def count_raw(
+    d: Any,
+    m: Any,
+    base: int,
+    h: Any,
+    used: Any,
+    bounds: Any,
+    work: Any,
+    control: Any,
+    generation: int,
+    spins: int,
+) -> None:
+    """Count 8/16-bit values (bin ``k`` is the value ``base + k``) into ``h``.
+
+    ``used`` (``[first, last]``, start it empty) grows to the bins this thread may have
+    used.
+    """
+    while True:
+        c = _claim(bounds, work)
+        if c < 0:
+            _linger(control, generation, spins)
+            return
+        first, last = _count_raw_chunk(d, m, base, h, bounds[c], bounds[c + 1])
+        used[0] = min(used[0], first)
+        used[1] = max(used[1], last)
+        _finished(work)
+
+
+@_jit()
+def count_int(
+    d: Any,
+    m: Any,
+    a: Any,
+    b: Any,
+    lo: int,
+    span: int,
+    bins: int,
+    inv: float,
+    h: Any,
+    used: Any,
+    bounds: Any,
+    work: Any,
+    control: Any,
+    generation: int,
+    spins: int,
+) -> None:
+    """Count integer data into ``bins`` bins (see ``_int_bin``); ``used`` as ``count_raw``."""
+    while True:
+        c = _claim(bounds, work)
+        if c < 0:
+            _linger(control, generation, spins)
+            return
+        _count_int_chunk(d, m, a, b, lo, span, bins, inv, h, bounds[c], bounds[c + 1])
+        used[0] = 0
+        used[1] = bins - 1
+        _finished(work)
+
+
+@_jit()
+def count_float(
+    d: Any,
+    m: Any,
+    lo: float,
+    span: float,
+    fbins: float,
+    last: int,
+    h: Any,
+    used: Any,
+    bounds: Any,
+    work: Any,
+    control: Any,
+    generation: int,
+    spins: int,
+) -> None:
+    """Count float data into ``last + 1`` bins (see ``_float_bin``); ``used`` as above."""
+    while True:
+        c = _claim(bounds, work)
+        if c < 0:
+            _linger(control, generation, spins)
+            return
+        _count_float_chunk(d, m, lo, span, fbins, last, h, bounds[c], bounds[c + 1])
+        used[0] = 0
+        used[1] = last
+        _finished(work)
+
+
+@_jit()
+def map_raw(
+    d: Any,
+    table: Any,
+    out: Any,
+    base: int,
+    bounds: Any,
+    work: Any,
+    control: Any,
+    generation: int,
+    spins: int,
+) -> None:
+    """``out = table[d - base]``."""
+    while True:
+        c = _claim(bounds, work)
+        if c < 0:
+            _linger(control, generation, spins)
+            return
+        _map_raw_chunk(d, table, out, base, bounds[c], bounds[c + 1])
+        _finished(work)
+
+
+@_jit()
+def map_int(
+    d: Any,
+    lut: Any,
+    out: Any,
+    a: Any,
+    b: Any,
+    lo: int,
+    span: int,
+    bins: int,
+    inv: float,
+    bounds: Any,
+    work: Any,
+    control: Any,
+    generation: int,
+    spins: int,
+) -> None:
+    """``out = lut[bin(d)]`` for integer data."""
+    while True:
+        c = _claim(bounds, work)
+        if c < 0:
+            _linger(control, generation, spins)
+            return
+        _map_int_chunk(d, lut, out, a, b, lo, span, bins, inv, bounds[c], bounds[c + 1])
+        _finished(work)
+
+
+@_jit()
+def map_float(
+    d: Any,
+    lut: Any,
+    out: Any,
+    lo: float,
+    span: float,
+    fbins: float,
+    bounds: Any,
+    work: Any,
+    control: Any,
+    generation: int,
+    spins: int,
+) -> None:
+    """``out = lut[bin(d)]`` for float data."""
+    while True:
+        c = _claim(bounds, work)
+        if c < 0:
+            _linger(control, generation, spins)
+            return
+        _map_float_chunk(d, lut, out, lo, span, fbins, bounds[c], bounds[c + 1])
+        _finished(work)
+
+
+@_jit()
+def min_max(
+    d: Any,
+    m: Any,
+    found: Any,
+    los: Any,
+    his: Any,
+    slot: int,
+    bounds: Any,
+    work: Any,
+    control: Any,
+    generation: int,
+    spins: int,
+) -> None:
+    """Minimum and maximum of the (masked) values, into ``los[slot]`` and ``his[slot]``.
+
+    ``found[slot]`` (start it 0) becomes 1 when this thread saw a (masked) value.
+    """
+    while True:
+        c = _claim(bounds, work)
+        if c < 0:
+            _linger(control, generation, spins)
+            return
+        any_, lo, hi = _min_max_chunk(d, m, bounds[c], bounds[c + 1])
+        if any_:
+            if found[slot]:
+                lo = min(lo, los[slot])
+                hi = max(hi, his[slot])
+            los[slot] = lo
+            his[slot] = hi
+            found[slot] = 1
+        _finished(work)

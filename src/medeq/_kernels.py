@@ -30,7 +30,7 @@ _log = logging.getLogger(__name__)
 
 #: Images with fewer pixels are done by the calling thread alone: handing out work costs
 #: more than it saves there (measured on 2 cores; see docs/performance.md).
-SERIAL_BELOW = 1 << 17
+SERIAL_BELOW = 1 << 19
 #: Smallest chunk on the parallel path. Chunks shrink as the work runs out (each takes
 #: a share of what is left), so a thread that starts late or shares its core with
 #: another process holds the others up by one small chunk at most; each chunk costs
@@ -217,33 +217,45 @@ def _chunks(start: int, stop: int) -> list[int]:
     return bounds
 
 
-def _run(size: int, body: Callable[[int, int], None]) -> None:
-    """Call ``body(start, stop)`` on chunks covering ``[0, size)``, on the pool's threads."""
-    bounds = _chunks(0, size)
-    _parallel.pool().run(lambda c, slot: body(bounds[c], bounds[c + 1]), len(bounds) - 1)
+def _share(bounds: list[int], call: Callable[..., None]) -> None:
+    """Run the worker ``call(bounds, work, slot, *linger)`` on the pool's threads.
+
+    See :mod:`medeq._jit` for the worker protocol and :mod:`medeq._parallel` for the
+    threads.
+    """
+    edges = np.asarray(bounds, np.int64)
+    work = np.zeros(2, np.int64)  # next chunk to claim, chunks finished
+    nchunks = len(bounds) - 1
+    workers = _parallel.pool()
+    control = workers.control
+    if nchunks == 1:
+        call(edges, work, 0, control, -1, 0)
+        return
+    workers.run(
+        lambda slot, generation, spins: call(edges, work, slot, control, generation, spins),
+        lambda: int(work[1]) >= nchunks,
+    )
 
 
 def _count(
     module: ModuleType,
     size: int,
     nbins: int,
-    count_chunk: Callable[[NDArray[np.uint32], int, int], tuple[int, int]],
+    count: Callable[..., None],
 ) -> tuple[int, NDArray[np.int64]]:
-    """Counts from ``count_chunk(h, start, stop) -> (first, last)`` run on every chunk.
+    """Counts into ``nbins`` bins by the worker ``count(h, used, bounds, work, *linger)``.
 
-    ``h`` is the running thread's set of sub-histograms; ``first .. last`` the bins the
-    chunk may have used. Returns ``(first, counts)`` for the bins used.
+    ``h`` is a thread's set of sub-histograms and ``used`` the range of bins it may have
+    used. Returns ``(first, counts)`` for the bins used.
     """
     # After an exception the counters may not be zero: they are then not kept.
     hs = _sub_histograms(_parallel.pool().threads, nbins)
     if size <= MAX_SPAN:
-        result = _count_piece(module, hs, 0, size, count_chunk)
+        result = _count_piece(module, hs, 0, size, count)
     else:
         total = np.zeros(nbins, np.int64)
         for piece in range(0, size, MAX_SPAN):
-            first, counts = _count_piece(
-                module, hs, piece, min(MAX_SPAN, size - piece), count_chunk
-            )
+            first, counts = _count_piece(module, hs, piece, min(MAX_SPAN, size - piece), count)
             total[first : first + counts.size] += counts
         result = 0, total
     _keep(hs)
@@ -255,24 +267,21 @@ def _count_piece(
     hs: NDArray[np.uint32],
     piece: int,
     length: int,
-    count_chunk: Callable[[NDArray[np.uint32], int, int], tuple[int, int]],
+    count: Callable[..., None],
 ) -> tuple[int, NDArray[np.int64]]:
     """Count the pixels ``piece .. piece + length - 1``, then drain the counters."""
-    bounds = _chunks(piece, piece + length)
-    used: list[tuple[int, int] | None] = [None] * hs.shape[0]
-
-    def chunk(c: int, slot: int) -> None:
-        first, last = count_chunk(hs[slot], bounds[c], bounds[c + 1])
-        seen = used[slot]
-        if seen is not None:
-            first, last = min(seen[0], first), max(seen[1], last)
-        used[slot] = first, last
-
-    _parallel.pool().run(chunk, len(bounds) - 1)
-    ranges = [(slot, r) for slot, r in enumerate(used) if r is not None]
-    first = min(r[0] for _, r in ranges)
-    counts = np.zeros(max(r[1] for _, r in ranges) - first + 1, np.int64)
-    for slot, (lo, hi) in ranges:
+    used = np.empty((hs.shape[0], 2), np.int64)
+    used[:, 0] = np.iinfo(np.int64).max
+    used[:, 1] = -1
+    _share(
+        _chunks(piece, piece + length),
+        lambda b, w, slot, *linger: count(hs[slot], used[slot], b, w, *linger),
+    )
+    slots = [slot for slot in range(hs.shape[0]) if used[slot, 0] <= used[slot, 1]]
+    first = int(used[slots, 0].min())
+    counts = np.zeros(int(used[slots, 1].max()) - first + 1, np.int64)
+    for slot in slots:
+        lo, hi = int(used[slot, 0]), int(used[slot, 1])
         module.drain(hs[slot], lo, counts[lo - first : hi - first + 1])
     return first, counts
 
@@ -300,11 +309,10 @@ def value_counts(
             counts = np.roll(counts, -base)
         return base, counts.astype(np.int64, copy=False)
     d, m = _count_layout(image, mask)
-
-    def count_chunk(h: NDArray[np.uint32], start: int, stop: int) -> tuple[int, int]:
-        return module.count_raw(d, m, base, h, start, stop)  # type: ignore[no-any-return]
-
-    first, counts = _count(module, image.size, 1 << (8 * image.dtype.itemsize), count_chunk)
+    nbins = 1 << (8 * image.dtype.itemsize)
+    first, counts = _count(
+        module, image.size, nbins, lambda h, *rest: module.count_raw(d, m, base, h, *rest)
+    )
     return base + first, counts
 
 
@@ -323,7 +331,10 @@ def map_values(table: NDArray[Any], image: NDArray[Any]) -> NDArray[Any]:
         return np.take(table, raw)
     d, out = _map_layout(image, table.dtype)
     o = out.reshape(d.shape)
-    _run(image.size, lambda start, stop: module.map_raw(d, table, o, base, start, stop))
+    _share(
+        _chunks(0, image.size),
+        lambda b, w, _, *linger: module.map_raw(d, table, o, base, b, w, *linger),
+    )
     return out
 
 
@@ -345,16 +356,14 @@ def bin_counts(
     if integer:
         args = _int_params(data.dtype, int(lo), int(hi), bins)
 
-        def count_chunk(h: NDArray[np.uint32], start: int, stop: int) -> tuple[int, int]:
-            module.count_int(d, m, *args, h, start, stop)
-            return 0, bins - 1
+        def count_chunk(h: Any, *rest: Any) -> None:
+            module.count_int(d, m, *args, h, *rest)
 
     else:
         fargs = (float(lo), float(hi) - float(lo), float(bins))
 
-        def count_chunk(h: NDArray[np.uint32], start: int, stop: int) -> tuple[int, int]:
-            module.count_float(d, m, *fargs, bins - 1, h, start, stop)
-            return 0, bins - 1
+        def count_chunk(h: Any, *rest: Any) -> None:
+            module.count_float(d, m, *fargs, bins - 1, h, *rest)
 
     first, counts = _count(module, data.size, bins, count_chunk)
     if first != 0 or counts.size != bins:
@@ -376,10 +385,16 @@ def map_bins(
     o = out.reshape(d.shape)
     if integer:
         args = _int_params(data.dtype, int(lo), int(hi), bins)
-        _run(data.size, lambda start, stop: module.map_int(d, lut, o, *args, start, stop))
+        _share(
+            _chunks(0, data.size),
+            lambda b, w, _, *linger: module.map_int(d, lut, o, *args, b, w, *linger),
+        )
     else:
         fargs = (float(lo), float(hi) - float(lo), float(bins))
-        _run(data.size, lambda start, stop: module.map_float(d, lut, o, *fargs, start, stop))
+        _share(
+            _chunks(0, data.size),
+            lambda b, w, _, *linger: module.map_float(d, lut, o, *fargs, b, w, *linger),
+        )
     return out
 
 
@@ -393,16 +408,16 @@ def min_max(image: NDArray[Any], mask: NDArray[np.bool_] | None) -> tuple[Any, A
         data = image if mask is None else image[mask]
         return data.min(), data.max()
     d, m = _count_layout(image, mask)
-    found: list[tuple[Any, Any]] = []
-
-    def body(start: int, stop: int) -> None:
-        any_, lo, hi = module.min_max(d, m, start, stop)
-        if any_:
-            found.append((lo, hi))
-
-    _run(image.size, body)
-    assert found, "min_max needs a mask that selects a pixel"
-    return min(lo for lo, _ in found), max(hi for _, hi in found)
+    threads = _parallel.pool().threads
+    found = np.zeros(threads, np.uint8)
+    los = np.empty(threads, image.dtype)
+    his = np.empty(threads, image.dtype)
+    _share(
+        _chunks(0, image.size),
+        lambda b, w, slot, *linger: module.min_max(d, m, found, los, his, slot, b, w, *linger),
+    )
+    assert found.any(), "min_max needs a mask that selects a pixel"
+    return los[found == 1].min(), his[found == 1].max()
 
 
 def count(indices: NDArray[np.integer], length: int) -> NDArray[np.int64]:

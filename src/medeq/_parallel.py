@@ -1,28 +1,35 @@
-"""Work sharing for the kernels: the calling thread and helper threads split an image.
+"""Threads for the kernels: the calling thread starts at once, helpers join when they can.
 
 Why not numba's ``parallel=True``: its parallel regions end in a barrier, so every call
-waits for every worker thread to wake up. On the 2-core virtual machines this project
-runs on, a worker that has been idle for a tenth of a second takes about 8 ms to wake,
-four times as long as equalizing a 2048x2048 image takes (docs/performance.md has the
-measurements). Here the calling thread starts at once and takes chunks from a shared
-counter until none are left; a helper that wakes late finds the work done and goes back
-to sleep, so a call is never slower than the serial path by more than one chunk. The
-chunk bodies are numba functions compiled with ``nogil=True``, so the threads run them in
-parallel.
+waits until every worker thread has woken up and done its share. On the 2-core virtual
+machines this project runs on, a thread that has been idle for a tenth of a second takes
+milliseconds to wake, longer than equalizing a 2048x2048 image (docs/performance.md has
+the measurements). Here a job is a compiled worker function that every participant calls
+once: the caller first, helpers as they wake. Each call takes chunks from a shared atomic
+counter until none are left (see :mod:`medeq._jit`), so a helper that wakes late finds
+the work done, and the caller waits only for chunks a helper has already started.
 
-Each participant has a fixed slot (the caller is slot 0) for per-thread scratch memory.
+Each participant has a fixed slot (the caller is slot 0) for its own scratch memory and
+results. The workers release the GIL, so the threads run them in parallel, and each
+needs the GIL only to start its call.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import threading
 import time
 from collections.abc import Callable
 
-#: How long the caller spins for chunks still running on a helper before it sleeps.
+import numpy as np
+from numpy.typing import NDArray
+
+#: How long the caller spins for chunks still running on a helper before it blocks.
 _SPIN_SECONDS = 0.002
+#: Polls a helper makes, after its share of a job, for the next job before it returns
+#: to Python: about 0.6 ms here, longer than the Python between the two jobs of one
+#: equalize call (see medeq._jit._linger).
+LINGER_SPINS = 1_000_000
 #: Give up the CPU without sleeping (releases the GIL).
 _yield: Callable[[], None] = getattr(os, "sched_yield", lambda: time.sleep(0))
 
@@ -37,35 +44,54 @@ def _default_threads() -> int:
         return os.cpu_count() or 1
 
 
-class _Job:
-    def __init__(self, body: Callable[[int, int], None], nchunks: int) -> None:
-        self.body = body
-        self.nchunks = nchunks
-        # next() on an itertools.count is atomic under the GIL: the chunk claim.
-        self.claims = itertools.count()
-        self.done: list[int] = []
-        self.error: BaseException | None = None
-        self.finished = threading.Event()
+#: ``work(slot, generation, spins)``: see :meth:`WorkSharing.run`.
+Work = Callable[[int, int, int], None]
 
-    def work(self, slot: int) -> None:
-        while True:
-            chunk = next(self.claims)
-            if chunk >= self.nchunks:
-                return
-            # After an error the remaining chunks are claimed but skipped, so that waiting
-            # for the job means the same thing as without one: every chunk is done.
+
+class _Job:
+    def __init__(self, work: Work, finished: Callable[[], bool], generation: int) -> None:
+        self.work = work
+        self.finished = finished
+        self.generation = generation
+        self.error: BaseException | None = None
+        self.active = 0
+        self.lock = threading.Lock()
+        self.changed = threading.Event()
+
+    def run(self, slot: int, spins: int) -> None:
+        with self.lock:
+            self.active += 1
+        try:
+            self.work(slot, self.generation, spins)
+        except BaseException as exc:
             if self.error is None:
-                try:
-                    self.body(chunk, slot)
-                except BaseException as exc:
-                    self.error = exc
-            self.done.append(chunk)
-            if len(self.done) == self.nchunks:
-                self.finished.set()
+                self.error = exc
+        finally:
+            with self.lock:
+                self.active -= 1
+            self.changed.set()
+
+    def _settled(self) -> bool:
+        if self.error is not None:
+            # The buffers must outlive every call still running.
+            return self.active == 0
+        return self.finished()
+
+    def wait(self) -> None:
+        """Until every chunk is finished, or after a failure every call has returned."""
+        deadline = time.perf_counter() + _SPIN_SECONDS
+        while not self._settled():
+            if time.perf_counter() < deadline:
+                # Sleeping would cost a wake-up as slow as the one this design avoids;
+                # yielding lets a helper that shares this core go on.
+                _yield()
+            else:
+                self.changed.wait(0.001)
+                self.changed.clear()
 
 
 class WorkSharing:
-    """The caller plus ``threads - 1`` helper threads, started on first use."""
+    """The calling thread plus ``threads - 1`` helper threads, started on first use."""
 
     def __init__(self, threads: int | None = None) -> None:
         self._threads = _default_threads() if threads is None else max(1, threads)
@@ -75,6 +101,8 @@ class WorkSharing:
         self._generation = 0
         self._helpers: list[threading.Thread] = []
         self._closed = False
+        #: ``control[0]``: the newest job's number, which lingering helpers watch.
+        self.control: NDArray[np.int64] = np.zeros(1, np.int64)
 
     @property
     def threads(self) -> int:
@@ -98,42 +126,44 @@ class WorkSharing:
                     self._wake.wait()
                 seen = self._generation
                 job = self._job
-            if job is None:
-                if self._closed:
-                    return
-                continue
-            job.work(slot)
+            if job is not None:
+                job.run(slot, LINGER_SPINS)
+            elif self._closed:
+                return
 
     def close(self) -> None:
-        """Let the helper threads end (a closed pool runs every chunk in the caller)."""
+        """Let the helper threads end (a closed pool runs everything in the caller)."""
         with self._wake:
             self._closed = True
             self._threads = 1
             self._job = None
             self._generation += 1
+            self.control[0] = self._generation
             self._wake.notify_all()
 
-    def run(self, body: Callable[[int, int], None], nchunks: int) -> None:
-        """Call ``body(chunk, slot)`` once for every chunk in ``0 .. nchunks-1``.
+    def run(self, work: Work, finished: Callable[[], bool]) -> None:
+        """Call ``work(slot, generation, spins)`` in the caller and in helpers that wake in time.
 
-        Chunks of one slot run one after another in one thread. Returns when all have
-        run; re-raises the first exception a chunk raised (the remaining chunks are
-        then skipped). When another thread is already using the helpers, the caller
-        runs every chunk itself.
+        The caller takes slot 0, helpers 1 and up. ``work`` must take chunks from a
+        shared counter until none are left, then (helpers, ``spins`` > 0) linger while
+        ``control[0] == generation``; ``finished()`` must tell when every chunk is done.
+        Returns then; re-raises an exception from any participant. When another thread
+        is using the helpers, or there is one thread, the caller does all the work.
         """
-        if self._threads == 1 or nchunks == 1 or not self._busy.acquire(blocking=False):
-            for chunk in range(nchunks):
-                body(chunk, 0)
+        if self._threads == 1 or not self._busy.acquire(blocking=False):
+            work(0, -1, 0)
             return
-        job = _Job(body, nchunks)
         try:
             self._start_helpers()
             with self._wake:
-                self._job = job
                 self._generation += 1
+                job = _Job(work, finished, self._generation)
+                self._job = job
+                # Lingering helpers see this at once, sleeping ones when notified.
+                self.control[0] = self._generation
                 self._wake.notify_all()
-            job.work(0)
-            self._wait(job)
+            job.run(0, 0)
+            job.wait()
         finally:
             with self._wake:
                 self._job = None
@@ -141,24 +171,12 @@ class WorkSharing:
         if job.error is not None:
             raise job.error
 
-    @staticmethod
-    def _wait(job: _Job) -> None:
-        """Wait for chunks that helpers claimed and are still running."""
-        deadline = time.perf_counter() + _SPIN_SECONDS
-        while len(job.done) < job.nchunks:
-            if time.perf_counter() > deadline:
-                job.finished.wait()
-                return
-            # Sleeping here would cost a wake-up as slow as the one this design avoids;
-            # yielding lets a helper that shares this core finish.
-            _yield()
-
 
 _pool = WorkSharing()
 
 
 def pool() -> WorkSharing:
-    """The process's work-sharing pool."""
+    """The process's pool."""
     return _pool
 
 
