@@ -271,19 +271,25 @@ def _count_piece(
 ) -> tuple[int, NDArray[np.int64]]:
     """Count the pixels ``piece .. piece + length - 1``, then drain the counters."""
     used = np.empty((hs.shape[0], 2), np.int64)
-    used[:, 0] = np.iinfo(np.int64).max
+    used[:, 0] = nbins_of(hs)
     used[:, 1] = -1
     _share(
         _chunks(piece, piece + length),
         lambda b, w, slot, *linger: count(hs[slot], used[slot], b, w, *linger),
     )
-    slots = [slot for slot in range(hs.shape[0]) if used[slot, 0] <= used[slot, 1]]
-    first = int(used[slots, 0].min())
-    counts = np.zeros(int(used[slots, 1].max()) - first + 1, np.int64)
-    for slot in slots:
-        lo, hi = int(used[slot, 0]), int(used[slot, 1])
+    ranges = [(slot, lo, hi) for slot, (lo, hi) in enumerate(used.tolist()) if lo <= hi]
+    first = min(lo for _, lo, _ in ranges)
+    counts = np.zeros(max(hi for _, _, hi in ranges) - first + 1, np.int64)
+    for slot, lo, hi in ranges:
         module.drain(hs[slot], lo, counts[lo - first : hi - first + 1])
     return first, counts
+
+
+def nbins_of(hs: NDArray[np.uint32]) -> int:
+    """Number of bins of a set of sub-histograms (they carry PAD spare counters)."""
+    from ._jit import PAD
+
+    return int(hs.shape[2]) - PAD
 
 
 # --------------------------------------------------------------------------- kernels

@@ -240,9 +240,11 @@ def _compute_histogram(
         a, b = _clamped_range(image.dtype, binning)
         start, stop = min(first, a), max(last, b)
         values = np.arange(start, stop + 1, dtype=np.int64)
-        if binning.bins == stop - start + 1 and (binning.lo, binning.hi) == (start, stop):
-            # One bin per level, and no value outside: the bin is the offset.
-            value_bins: NDArray[np.intp] = values - start
+        lo, hi = int(binning.lo), int(binning.hi)
+        if binning.bins == hi - lo + 1:
+            # One bin per level: the bin is the offset (what binning.index computes, in
+            # two operations instead of eight).
+            value_bins: NDArray[np.intp] = np.clip(values, lo, hi) - lo
         else:
             value_bins = binning.index(values)
         counted = value_bins[first - start : last - start + 1]
