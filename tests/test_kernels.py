@@ -455,3 +455,22 @@ def test_subnormal_float_span(backend: str, path: str) -> None:
     np.testing.assert_array_equal(
         _kernels.map_bins(img, lut, lo, hi, False), oracle_index(img, lo, hi, 4, False)
     )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["uint8", "int8", "uint16", "int16"]),
+    st.integers(0, 2**32 - 1),
+    st.integers(-70000, 70000),
+    st.integers(1, 3000),
+    st.sampled_from([None, 1, 7]),
+)
+def test_small_int_histogram_with_any_value_range_matches_the_oracle(
+    dtype: str, seed: int, lo: int, width: int, bins_factor: int | None
+) -> None:
+    rng = np.random.default_rng(seed)
+    img = make_image(dtype, (9, 13), rng)
+    hi = lo + width
+    bins = None if bins_factor is None else max(1, (width + 1) // bins_factor)
+    counts, _ = medeq.histogram(img, bins, value_range=(lo, hi))
+    np.testing.assert_array_equal(counts, oracle_counts(img, None, lo, hi, bins or width + 1, True))

@@ -211,9 +211,12 @@ class _Histogram:
 
     binning: Binning
     counts: NDArray[np.int64]
-    #: 8/16-bit integers: the bin of every value from ``value_bins_from`` on (covering
-    #: the counted values and the binning's ``[lo, hi]`` within the dtype), for mapping
-    #: by value. None for other dtypes, whose pixels are binned again as they are mapped.
+    #: 8/16-bit integers are mapped through a table indexed by value; other dtypes are
+    #: binned again, pixel by pixel, as they are mapped.
+    by_value: bool = False
+    #: For mapping by value with bins other than one per level: the bin of every value
+    #: from ``value_bins_from`` on (covering the counted values and the binning's
+    #: ``[lo, hi]`` within the dtype).
     value_bins: NDArray[np.intp] | None = None
     value_bins_from: int = 0
 
@@ -237,31 +240,51 @@ def _compute_histogram(
         last = first + vcounts.size - 1
         nz = np.flatnonzero(vcounts)
         binning = _binning(image, bins, value_range, (first + int(nz[0]), first + int(nz[-1])))
-        a, b = _clamped_range(image.dtype, binning)
-        start, stop = min(first, a), max(last, b)
-        values = np.arange(start, stop + 1, dtype=np.int64)
         lo, hi = int(binning.lo), int(binning.hi)
         if binning.bins == hi - lo + 1:
-            # One bin per level: the bin is the offset (what binning.index computes, in
-            # two operations instead of eight).
-            value_bins: NDArray[np.intp] = np.clip(values, lo, hi) - lo
-        else:
-            value_bins = binning.index(values)
+            return _Histogram(binning, _level_counts(vcounts, first, lo, hi), True)
+        a, b = _clamped_range(image.dtype, binning)
+        start, stop = min(first, a), max(last, b)
+        value_bins = binning.index(np.arange(start, stop + 1, dtype=np.int64))
         counted = value_bins[first - start : last - start + 1]
         counts = np.bincount(counted, weights=vcounts, minlength=binning.bins)
-        return _Histogram(binning, np.rint(counts).astype(np.int64), value_bins, start)
+        return _Histogram(binning, np.rint(counts).astype(np.int64), True, value_bins, start)
     binning = _binning(image, bins, value_range, _data_range(image, mask))
     # Binning and counting in one pass: no per-pixel index array.
     counts = _kernels.bin_counts(image, mask, binning.lo, binning.hi, binning.bins, binning.integer)
     return _Histogram(binning, counts)
 
 
+def _level_counts(vcounts: NDArray[np.int64], first: int, lo: int, hi: int) -> NDArray[np.int64]:
+    """Counts of one bin per level ``lo .. hi`` from counts of the values ``first ..``.
+
+    The same as binning the values and adding their counts per bin, in a few slices:
+    values below ``lo`` (above ``hi``) belong in the first (last) bin.
+    """
+    last = first + vcounts.size - 1
+    if first >= lo and last <= hi:
+        counts = np.zeros(hi - lo + 1, np.int64)
+        counts[first - lo : last - lo + 1] = vcounts
+        return counts
+    counts = np.zeros(hi - lo + 1, np.int64)
+    a, b = max(first, lo), min(last, hi)
+    if a <= b:
+        counts[a - lo : b - lo + 1] = vcounts[a - first : b - first + 1]
+    counts[0] += vcounts[: max(0, min(lo, last + 1) - first)].sum()
+    counts[-1] += vcounts[max(0, hi + 1 - first) :].sum()
+    return counts
+
+
 def _value_table(dtype: np.dtype[Any], h: _Histogram, lut: NDArray[Any]) -> NDArray[Any]:
     """The LUT entry of every value of an 8/16-bit dtype, in value order."""
-    assert h.value_bins is not None
     vmin, vmax = _kernels.dtype_limits(dtype)
     a, b = _clamped_range(dtype, h.binning)
-    inner = lut[h.value_bins[a - h.value_bins_from : b - h.value_bins_from + 1]]
+    if h.value_bins is None:
+        # One bin per level: value v (clipped to [lo, hi]) is in bin v - lo.
+        lo = int(h.binning.lo)
+        inner = lut[a - lo : b - lo + 1]
+    else:
+        inner = lut[h.value_bins[a - h.value_bins_from : b - h.value_bins_from + 1]]
     table = np.empty(vmax - vmin + 1, lut.dtype)
     table[: a - vmin] = inner[0]
     table[a - vmin : b - vmin + 1] = inner
@@ -468,7 +491,7 @@ def _equalize_one(
     lut = _lut(h.counts, out_levels, variant)
     if out_levels is None:
         lut = lut.astype(_float_out(image.dtype))
-    if h.value_bins is not None:
+    if h.by_value:
         return _kernels.map_values(_value_table(image.dtype, h, lut), image)
     b = h.binning
     return _kernels.map_bins(image, lut, b.lo, b.hi, b.integer)
