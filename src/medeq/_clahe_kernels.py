@@ -2,8 +2,9 @@
 
 These are the per-pixel and per-bin loops of :mod:`medeq.clahe`; the binning they use
 comes from :mod:`medeq.core`. numba compiles each function on its first call for the
-argument types it sees (never at import) and caches the machine code next to this file,
-so later processes start at once. The functions release the GIL and each works on a band
+argument types it sees (never at import) and caches the machine code on disk (see
+``medeq._jit._jit``, which also copes with a read-only install), so later processes start
+at once. The functions release the GIL and each works on a band
 of rows, so callers can run bands on several threads; every output element is written by
 exactly one band, so the result does not depend on the split.
 
@@ -17,14 +18,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import numba
 import numpy as np
 from numpy.typing import NDArray
+
+from ._jit import _jit
 
 __all__ = ["interpolate", "tile_mappings"]
 
 
-@numba.njit(cache=True, nogil=True)
+@_jit()
 def _histogram(src, table, mask, y0, y1, x0, x1, hist):  # type: ignore[no-untyped-def]
     # Rows and columns past the image's end are mirrored about its last pixel (OpenCV's
     # BORDER_REFLECT_101: ..., n-2, n-1, n-2, n-3, ...), read in place.
@@ -51,7 +53,7 @@ def _histogram(src, table, mask, y0, y1, x0, x1, hist):  # type: ignore[no-untyp
                     hist[table[row[last_x - x]]] += 1
 
 
-@numba.njit(cache=True, nogil=True)
+@_jit()
 def _clip(hist, total, clip_limit):  # type: ignore[no-untyped-def]
     nbins = hist.size
     # A limit below N / B cannot hold the tile's pixels: the flattest histogram can.
@@ -82,7 +84,7 @@ def _clip(hist, total, clip_limit):  # type: ignore[no-untyped-def]
         offset = (offset + 1) % nbins
 
 
-@numba.njit(cache=True, nogil=True)
+@_jit()
 def _clip_and_map(hist, clip_limit, top, lut):  # type: ignore[no-untyped-def]
     total = 0
     for k in range(hist.size):
@@ -105,7 +107,7 @@ def _clip_and_map(hist, clip_limit, top, lut):  # type: ignore[no-untyped-def]
     return True
 
 
-@numba.njit(cache=True, nogil=True)
+@_jit()
 def _tile_mappings(  # type: ignore[no-untyped-def]
     src, table, mask, row_edges, col_edges, clip_limit, top, hist, luts, filled, ty0, ty1
 ):
@@ -160,7 +162,7 @@ def tile_mappings(
     )
 
 
-@numba.njit(cache=True, nogil=True)
+@_jit()
 def _interpolate(  # type: ignore[no-untyped-def]
     src, table, luts, row_lo, row_hi, row_w, col_lo, col_hi, col_w, top, out, y0, y1
 ):

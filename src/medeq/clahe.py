@@ -342,7 +342,7 @@ def clahe(
     kernel = _check_kernel_size(kernel_size, (arr.shape[-2], arr.shape[-1]))
     limit = _check_clip_limit(clip_limit)
 
-    data_range = _data_range(arr, m, None)
+    data_range = _data_range(arr, m)
     binning = _binning(arr, bins_, vr, data_range)
     edges = (_tile_edges(arr.shape[-2], kernel[0]), _tile_edges(arr.shape[-1], kernel[1]))
     entries = (edges[0].size - 1) * (edges[1].size - 1) * binning.bins

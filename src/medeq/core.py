@@ -21,6 +21,7 @@ precision exactly as OpenCV does, so ``equalize`` on uint8 is bit-identical to
 from __future__ import annotations
 
 import enum
+import functools
 import numbers
 from dataclasses import dataclass
 from typing import Any
@@ -176,61 +177,19 @@ class Binning:
 
     def index(self, values: NDArray[Any]) -> NDArray[np.intp]:
         """Bin index of every value, as intp with the shape of ``values``."""
-        last = self.bins - 1
-        if self.integer:
-            lo, hi = int(self.lo), int(self.hi)
-            span = hi - lo + 1
-            # Clip in the native dtype first so the offset below cannot overflow.
-            info = np.iinfo(values.dtype)
-            a = min(max(lo, int(info.min)), int(info.max))
-            b = max(min(hi, int(info.max)), int(info.min))
-            clipped = np.clip(values, values.dtype.type(a), values.dtype.type(b))
-            if hi < 2**63 and span * self.bins < 2**63:
-                offset = clipped.astype(np.int64) - np.int64(lo)
-                if self.bins != span:
-                    offset = (offset * self.bins) // span
-                exact: NDArray[np.intp] = offset.astype(np.intp, copy=False)
-                return exact
-            # Spans near 2**64 only arise with 64-bit data: double precision is the best
-            # available without a per-pixel Python integer.
-            scaled = (clipped.astype(np.float64) - lo) * (self.bins / span)
-        elif self.span == 0:
-            return np.full(values.shape, self.bins // 2, dtype=np.intp)
-        else:
-            # Divide first: a subnormal span would make bins / span overflow to inf.
-            scaled = (values.astype(np.float64) - self.lo) / self.span * self.bins
-        index: NDArray[np.intp] = np.clip(np.floor(scaled), 0, last).astype(np.intp)
-        return index
+        return _kernels.bin_index(values, self.lo, self.hi, self.bins, self.integer)
 
 
 def _small_int(dtype: np.dtype[Any]) -> bool:
     return dtype.kind in "iu" and dtype.itemsize <= 2
 
 
-def _value_counts(image: NDArray[Any], mask: NDArray[np.bool_] | None) -> NDArray[np.int64]:
-    """Counts of every possible value of an 8/16-bit integer image, in value order."""
-    bits = 8 * image.dtype.itemsize
-    raw = image.view(np.dtype(f"u{image.dtype.itemsize}"))
-    counts = _kernels.count(raw if mask is None else raw[mask], 2**bits)
-    if image.dtype.kind == "i":
-        # Raw bit patterns of negative values follow the positive ones; rotate so the
-        # counts run from the dtype's minimum to its maximum.
-        counts = np.roll(counts, 2 ** (bits - 1))
-    return counts
-
-
-def _data_range(
-    image: NDArray[Any], mask: NDArray[np.bool_] | None, value_counts: NDArray[np.int64] | None
-) -> tuple[float, float]:
-    if value_counts is not None:
-        nz = np.flatnonzero(value_counts)
-        base = int(np.iinfo(image.dtype).min)
-        return base + int(nz[0]), base + int(nz[-1])
-    data = image if mask is None else image[mask]
-    lo, hi = data.min(), data.max()
+def _data_range(image: NDArray[Any], mask: NDArray[np.bool_] | None) -> tuple[float, float]:
+    lo, hi = _kernels.min_max(image, mask)
     if image.dtype.kind in "iu":
         return int(lo), int(hi)
-    return float(lo), float(hi)
+    # + 0.0 turns -0.0 into 0.0: which of the two zeros a minimum returns is not defined.
+    return float(lo) + 0.0, float(hi) + 0.0
 
 
 def _binning(
@@ -248,14 +207,24 @@ def _binning(
 
 @dataclass(frozen=True)
 class _Histogram:
-    """A histogram together with what is needed to map pixels through a LUT of it."""
+    """A histogram together with how its LUT is to be applied."""
 
     binning: Binning
     counts: NDArray[np.int64]
-    #: For 8/16-bit integers: the bin of every possible value, in value order.
-    value_bins: NDArray[np.intp] | None
-    #: Otherwise: the bin of every pixel.
-    pixel_bins: NDArray[np.intp] | None
+    #: 8/16-bit integers are mapped through a table indexed by value; other dtypes are
+    #: binned again, pixel by pixel, as they are mapped.
+    by_value: bool = False
+    #: For mapping by value with bins other than one per level: the bin of every value
+    #: from ``value_bins_from`` on (covering the counted values and the binning's
+    #: ``[lo, hi]`` within the dtype).
+    value_bins: NDArray[np.intp] | None = None
+    value_bins_from: int = 0
+
+
+def _clamped_range(dtype: np.dtype[Any], binning: Binning) -> tuple[int, int]:
+    """The binning's ``[lo, hi]`` clamped to the dtype: values beyond share an end's bin."""
+    vmin, vmax = _kernels.dtype_limits(dtype)
+    return min(max(int(binning.lo), vmin), vmax), max(min(int(binning.hi), vmax), vmin)
 
 
 def _compute_histogram(
@@ -265,19 +234,62 @@ def _compute_histogram(
     mask: NDArray[np.bool_] | None,
 ) -> _Histogram:
     if _small_int(image.dtype):
-        # Count the (at most 65536) raw values once, then bin the value table: no
-        # per-pixel index array is needed, and the LUT is applied by raw value.
-        info = np.iinfo(image.dtype)
-        vcounts = _value_counts(image, mask)
-        binning = _binning(image, bins, value_range, _data_range(image, mask, vcounts))
-        values = np.arange(info.min, info.max + 1, dtype=np.int64)
-        value_bins = binning.index(values)
-        counts = np.bincount(value_bins, weights=vcounts, minlength=binning.bins)
-        return _Histogram(binning, np.rint(counts).astype(np.int64), value_bins, None)
-    binning = _binning(image, bins, value_range, _data_range(image, mask, None))
-    pixel_bins = binning.index(image)
-    counts = _kernels.count(pixel_bins if mask is None else pixel_bins[mask], binning.bins)
-    return _Histogram(binning, counts, None, pixel_bins)
+        # Count the (at most 65536) values once, then bin the table of values: no
+        # per-pixel arithmetic is needed.
+        first, vcounts = _kernels.value_counts(image, mask)
+        last = first + vcounts.size - 1
+        nz = np.flatnonzero(vcounts)
+        binning = _binning(image, bins, value_range, (first + int(nz[0]), first + int(nz[-1])))
+        lo, hi = int(binning.lo), int(binning.hi)
+        if binning.bins == hi - lo + 1:
+            return _Histogram(binning, _level_counts(vcounts, first, lo, hi), True)
+        a, b = _clamped_range(image.dtype, binning)
+        start, stop = min(first, a), max(last, b)
+        value_bins = binning.index(np.arange(start, stop + 1, dtype=np.int64))
+        counted = value_bins[first - start : last - start + 1]
+        counts = np.bincount(counted, weights=vcounts, minlength=binning.bins)
+        return _Histogram(binning, np.rint(counts).astype(np.int64), True, value_bins, start)
+    binning = _binning(image, bins, value_range, _data_range(image, mask))
+    # Binning and counting in one pass: no per-pixel index array.
+    counts = _kernels.bin_counts(image, mask, binning.lo, binning.hi, binning.bins, binning.integer)
+    return _Histogram(binning, counts)
+
+
+def _level_counts(vcounts: NDArray[np.int64], first: int, lo: int, hi: int) -> NDArray[np.int64]:
+    """Counts of one bin per level ``lo .. hi`` from counts of the values ``first ..``.
+
+    The same as binning the values and adding their counts per bin, in a few slices:
+    values below ``lo`` (above ``hi``) belong in the first (last) bin.
+    """
+    last = first + vcounts.size - 1
+    if first >= lo and last <= hi:
+        counts = np.zeros(hi - lo + 1, np.int64)
+        counts[first - lo : last - lo + 1] = vcounts
+        return counts
+    counts = np.zeros(hi - lo + 1, np.int64)
+    a, b = max(first, lo), min(last, hi)
+    if a <= b:
+        counts[a - lo : b - lo + 1] = vcounts[a - first : b - first + 1]
+    counts[0] += vcounts[: max(0, min(lo, last + 1) - first)].sum()
+    counts[-1] += vcounts[max(0, hi + 1 - first) :].sum()
+    return counts
+
+
+def _value_table(dtype: np.dtype[Any], h: _Histogram, lut: NDArray[Any]) -> NDArray[Any]:
+    """The LUT entry of every value of an 8/16-bit dtype, in value order."""
+    vmin, vmax = _kernels.dtype_limits(dtype)
+    a, b = _clamped_range(dtype, h.binning)
+    if h.value_bins is None:
+        # One bin per level: value v (clipped to [lo, hi]) is in bin v - lo.
+        lo = int(h.binning.lo)
+        inner = lut[a - lo : b - lo + 1]
+    else:
+        inner = lut[h.value_bins[a - h.value_bins_from : b - h.value_bins_from + 1]]
+    table = np.empty(vmax - vmin + 1, lut.dtype)
+    table[: a - vmin] = inner[0]
+    table[a - vmin : b - vmin + 1] = inner
+    table[b - vmin + 1 :] = inner[-1]
+    return table
 
 
 # --------------------------------------------------------------------------- public API
@@ -327,6 +339,7 @@ def histogram(
     return h.counts, h.binning.edges()
 
 
+@functools.lru_cache(maxsize=64)
 def _lut_dtype(levels: int) -> np.dtype[Any]:
     for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
         if levels - 1 <= np.iinfo(dt).max:
@@ -396,11 +409,15 @@ def equalization_lut(
         raise ParameterError("counts must not be negative")
     levels = _whole_number(levels, "levels", 2, None)
     c64 = c.astype(np.int64)
+    if not c64.any():
+        raise ParameterError("counts are all zero: there is nothing to equalize")
+    return _lut(c64, levels, var)
+
+
+def _lut(c64: NDArray[np.int64], levels: int | None, var: Variant) -> NDArray[Any]:
+    """:func:`equalization_lut` of validated counts (not all zero)."""
     cdf = np.cumsum(c64)
     total = int(cdf[-1])
-    if total == 0:
-        raise ParameterError("counts are all zero: there is nothing to equalize")
-
     if var is Variant.SEED:
         # Exactly the tutorial's steps: pdf, then its running sum, then scale and round.
         frac = np.cumsum(c64 / total)
@@ -410,7 +427,7 @@ def equalization_lut(
 
     nonzero = np.flatnonzero(c64)
     if nonzero.size == 1:
-        return _identity_lut(c.size, levels)
+        return _identity_lut(c64.size, levels)
     cdf_min = int(c64[nonzero[0]])
     above = cdf - cdf_min
     denom = total - cdf_min
@@ -471,19 +488,13 @@ def _equalize_one(
     h = _compute_histogram(image, bins, value_range, mask)
     if variant is Variant.STANDARD and np.count_nonzero(h.counts) == 1:
         return _identity(image, out_levels)
-    lut = equalization_lut(h.counts, out_levels, variant=variant)
+    lut = _lut(h.counts, out_levels, variant)
     if out_levels is None:
         lut = lut.astype(_float_out(image.dtype))
-    if h.value_bins is not None:
-        # A table indexed by raw bit pattern, so the image is mapped without any
-        # per-pixel arithmetic.
-        value_lut = lut[h.value_bins]
-        if image.dtype.kind == "i":
-            value_lut = np.roll(value_lut, -(2 ** (8 * image.dtype.itemsize - 1)))
-        raw = image.view(np.dtype(f"u{image.dtype.itemsize}"))
-        return _kernels.apply_lut(value_lut, raw)
-    assert h.pixel_bins is not None
-    return _kernels.apply_lut(lut, h.pixel_bins)
+    if h.by_value:
+        return _kernels.map_values(_value_table(image.dtype, h, lut), image)
+    b = h.binning
+    return _kernels.map_bins(image, lut, b.lo, b.hi, b.integer)
 
 
 def equalize(
