@@ -16,6 +16,7 @@ Both are unsigned, which spares the loops numba's wrap-around test for negative 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,12 @@ from ._jit import _jit
 __all__ = ["interpolate", "tile_mappings"]
 
 
-@_jit()
+def _compiled(func: Callable[..., Any]) -> Any:
+    """Compile ``func`` with the kernels' disk-cached jit; the loops stay untyped for mypy."""
+    return _jit()(func)
+
+
+@_compiled
 def _histogram(src, table, mask, y0, y1, x0, x1, hist):  # type: ignore[no-untyped-def]
     # Rows and columns past the image's end are mirrored about its last pixel (OpenCV's
     # BORDER_REFLECT_101: ..., n-2, n-1, n-2, n-3, ...), read in place.
@@ -53,7 +59,7 @@ def _histogram(src, table, mask, y0, y1, x0, x1, hist):  # type: ignore[no-untyp
                     hist[table[row[last_x - x]]] += 1
 
 
-@_jit()
+@_compiled
 def _clip(hist, total, clip_limit):  # type: ignore[no-untyped-def]
     nbins = hist.size
     # A limit below N / B cannot hold the tile's pixels: the flattest histogram can.
@@ -84,7 +90,7 @@ def _clip(hist, total, clip_limit):  # type: ignore[no-untyped-def]
         offset = (offset + 1) % nbins
 
 
-@_jit()
+@_compiled
 def _clip_and_map(hist, clip_limit, top, lut):  # type: ignore[no-untyped-def]
     total = 0
     for k in range(hist.size):
@@ -107,7 +113,7 @@ def _clip_and_map(hist, clip_limit, top, lut):  # type: ignore[no-untyped-def]
     return True
 
 
-@_jit()
+@_compiled
 def _tile_mappings(  # type: ignore[no-untyped-def]
     src, table, mask, row_edges, col_edges, clip_limit, top, hist, luts, filled, ty0, ty1
 ):
@@ -162,7 +168,7 @@ def tile_mappings(
     )
 
 
-@_jit()
+@_compiled
 def _interpolate(  # type: ignore[no-untyped-def]
     src, table, luts, row_lo, row_hi, row_w, col_lo, col_hi, col_w, top, out, y0, y1
 ):
