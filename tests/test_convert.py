@@ -92,3 +92,25 @@ def test_bad_parameters_fail_before_anything_is_written(
     with pytest.raises(medeq.ParameterError, match=match):
         medeq.convert([get_testdata_file("CT_small.dcm")], tmp_path / "out", **kwargs)
     assert not (tmp_path / "out").exists()
+
+
+def test_small_conversion_uses_numpy_kernels_and_same_pixels(tmp_path: Path) -> None:
+    """A fresh process converting a few slices never loads numba (it would cost more)."""
+    import subprocess
+    import sys
+
+    ct = get_testdata_file("CT_small.dcm")
+    script = (
+        "import sys, medeq\n"
+        "report = medeq.convert([sys.argv[1]], sys.argv[2], jobs=1)\n"
+        "assert report.exit_code == 0, report.as_dict()\n"
+        "print('numba' in sys.modules)\n"
+    )
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, "-c", script, ct, str(out)], capture_output=True, text=True, check=True
+    )
+    assert run.stdout.strip() == "False"
+    written = medeq.read(next(out.rglob("*.dcm")))
+    expected = medeq.enhance(medeq.read(ct))  # this process: whichever kernels it has
+    np.testing.assert_array_equal(written.stored[0], expected.pixels[0])

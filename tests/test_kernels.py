@@ -474,3 +474,14 @@ def test_small_int_histogram_with_any_value_range_matches_the_oracle(
     bins = None if bins_factor is None else max(1, (width + 1) // bins_factor)
     counts, _ = medeq.histogram(img, bins, value_range=(lo, hi))
     np.testing.assert_array_equal(counts, oracle_counts(img, None, lo, hi, bins or width + 1, True))
+
+
+def test_numpy_kernels_block_gives_identical_results() -> None:
+    rng = np.random.default_rng(11)
+    volume = rng.integers(-1024, 3072, (4, 300, 400)).astype(np.int16)
+    compiled = medeq.equalize(volume, levels=4096)
+    with _kernels.numpy_kernels():
+        assert _kernels.jit() is None
+        plain = medeq.equalize(volume, levels=4096)
+    np.testing.assert_array_equal(plain, compiled)
+    assert _kernels.jit() is not None or os.environ.get("MEDEQ_DISABLE_JIT")

@@ -98,3 +98,24 @@ def test_quality_figures_of_known_histograms() -> None:
     assert spike.entropy == 0.0
     assert spike.rms_contrast == 0.0
     assert spike.uniformity > 0.99
+
+
+@pytest.mark.parametrize(
+    ("dtype", "center", "width"),
+    [
+        (np.uint16, 2048.0, 4096.0),
+        (np.uint16, 100.5, 1.0),
+        (np.uint8, 127.5, 256.0),
+        (np.uint16, 40000.0, 70000.0),
+        (np.uint16, 3000.0, 17.0),
+    ],
+)
+def test_window_table_path_matches_the_formula(dtype: type, center: float, width: float) -> None:
+    from medeq.preview import window_to_8bit
+
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, np.iinfo(dtype).max, (300, 400), endpoint=True).astype(dtype)
+    fast = window_to_8bit(values, center, width)  # large unsigned input: the table path
+    slow = window_to_8bit(values.astype(np.int64), center, width)  # per-pixel formula
+    assert fast.dtype == np.uint8
+    np.testing.assert_array_equal(fast, slow)

@@ -13,11 +13,13 @@ double precision and floored, clipped to the end bins.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from types import ModuleType
 from typing import Any
 
@@ -40,13 +42,40 @@ MIN_CHUNK = 1 << 16
 #: so the uint32 counters of one thread cannot wrap.
 MAX_SPAN = 1 << 31
 
+#: The numpy bodies work on pieces of this many pixels, so that the index arrays numpy
+#: makes internally (8 bytes a pixel) stay small next to the image.
+NUMPY_PIECE = 1 << 16
+
 _UNSET: Any = object()
 _jit_module: Any = _UNSET
+_numpy_only: ContextVar[bool] = ContextVar("medeq_numpy_kernels", default=False)
+
+
+def loaded() -> bool:
+    """Whether this process has already loaded the numba kernels."""
+    return _jit_module is not _UNSET and _jit_module is not None
+
+
+@contextlib.contextmanager
+def numpy_kernels() -> Iterator[None]:
+    """Use the numpy bodies within this block (in this thread), even if numba is loaded.
+
+    Results are identical; only the speed differs. Loading numba's kernels costs about a
+    second in a fresh process, more than the numpy bodies need for a few hundred
+    CT slices, so a short-lived process with little to equalize is faster without them.
+    """
+    token = _numpy_only.set(True)
+    try:
+        yield
+    finally:
+        _numpy_only.reset(token)
 
 
 def jit() -> ModuleType | None:
     """The numba kernels, imported on first use; None when numba is unavailable or disabled."""
     global _jit_module
+    if _numpy_only.get():
+        return None
     if _jit_module is _UNSET:
         if os.environ.get("MEDEQ_DISABLE_JIT", "").strip() not in ("", "0"):
             _jit_module = None
@@ -310,7 +339,10 @@ def value_counts(
         # counts puts them in value order.
         raw = image.view(np.dtype(f"u{image.dtype.itemsize}"))
         data = raw.ravel() if mask is None else raw[mask]
-        counts = np.bincount(data, minlength=1 << (8 * image.dtype.itemsize))
+        nbins = 1 << (8 * image.dtype.itemsize)
+        counts = np.zeros(nbins, np.int64)
+        for start in range(0, data.size, NUMPY_PIECE):
+            counts += np.bincount(data[start : start + NUMPY_PIECE], minlength=nbins)
         if base:
             counts = np.roll(counts, -base)
         return base, counts.astype(np.int64, copy=False)
@@ -331,10 +363,14 @@ def map_values(table: NDArray[Any], image: NDArray[Any]) -> NDArray[Any]:
     base = dtype_limits(image.dtype)[0]
     module = jit()
     if module is None:
-        raw = image.view(np.dtype(f"u{image.dtype.itemsize}"))
-        if base:
-            raw = raw ^ raw.dtype.type(-base)
-        return np.take(table, raw)
+        raw = image.view(np.dtype(f"u{image.dtype.itemsize}")).ravel()
+        flat = np.empty(raw.size, table.dtype)
+        for start in range(0, raw.size, NUMPY_PIECE):
+            piece = raw[start : start + NUMPY_PIECE]
+            if base:
+                piece = piece ^ piece.dtype.type(-base)
+            np.take(table, piece, out=flat[start : start + NUMPY_PIECE])
+        return flat.reshape(image.shape)
     d, out = _map_layout(image, table.dtype)
     o = out.reshape(d.shape)
     _share(
@@ -442,3 +478,22 @@ def apply_lut(lut: NDArray[np.generic], indices: NDArray[np.integer]) -> NDArray
     if indices.dtype.kind not in "iu" or jit() is None:
         return np.take(lut, indices, mode="clip")
     return map_bins(indices, lut, 0, lut.size - 1, True)
+
+
+def warm_up(dtypes: tuple[type[np.integer], ...] = (np.int16, np.uint16)) -> None:
+    """Load (or compile) the kernels that equalizing images of ``dtypes`` will call.
+
+    Loading the compiled kernels from numba's disk cache takes about a second in a fresh
+    process. A caller that knows equalization is coming (a conversion, which reads and
+    decodes files first) runs this on a background thread so that the second overlaps
+    with its file work. With the numpy bodies selected this does nothing.
+    """
+    if jit() is None:
+        return
+    pixels = SERIAL_BELOW + 1
+    for dtype in dtypes:
+        lo, hi = dtype_limits(np.dtype(dtype))
+        image = np.linspace(max(lo, -1024), min(hi, 4095), pixels).astype(dtype)
+        min_max(image, None)
+        value_counts(image, None)
+        map_values(np.zeros(hi - lo + 1, np.uint16), image)

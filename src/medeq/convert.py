@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -33,7 +34,7 @@ import numpy as np
 import pydicom
 from numpy.typing import NDArray
 
-from . import _atomic, core
+from . import _atomic, _kernels, core
 from .enhance import Method, canonical_parameters, enhance
 from .errors import DicomError, MedeqError, OutputError, ParameterError
 from .normalize import WindowSpec, parse_window
@@ -42,6 +43,11 @@ from .series import Series, _make_series, find_dicom_files
 from .writer import TransferSyntax, derive_header, derived_uid, sidecar, write_image
 
 __all__ = ["FileResult", "Report", "convert"]
+
+#: A conversion equalizing fewer pixels than this (256 CT slices of 512 x 512) uses the
+#: numpy kernels in a process that has not loaded the compiled ones: loading those costs
+#: about a second, more than they would save (measured in docs/performance.md).
+JIT_WORTH_PIXELS = 1 << 26
 
 
 @dataclass
@@ -162,6 +168,17 @@ def _decode_task(info: ImageInfo, quiet: bool) -> tuple[NDArray[Any] | None, str
             return np.array(image.stored), None
     except MedeqError as exc:
         return None, str(exc)
+
+
+def _read_headers(files: list[str]) -> list[DicomImage | str]:
+    """Read the headers of ``files`` (pixels are not decoded); an error becomes its message."""
+    images: list[DicomImage | str] = []
+    for file in files:
+        try:
+            images.append(read(file))
+        except DicomError as exc:
+            images.append(str(exc))
+    return images
 
 
 def _write_task(
@@ -384,22 +401,49 @@ def convert(
     pairs = _expand(paths)
     if on_start is not None:
         on_start(len(pairs))
-    jobs_todo = _plan(pairs, out, enhance_options, overwrite, dry_run, settle)
-    if not dry_run and jobs_todo:
-        if out.exists():
-            _atomic.remove_stale_parts(out)
-        settings = _Settings(enhance_options, ts, preview, figure, overwrite, keep_private)
+    if not pairs:
+        report.elapsed = time.perf_counter() - clock
+        return report
+    settings = _Settings(enhance_options, ts, preview, figure, overwrite, keep_private)
 
-        def make_write(job: _Job, arrays: list[Any], submit: Callable[[_Task], None]) -> int:
-            return _equalize_job(job, arrays, submit, settings, settle)
+    def make_write(job: _Job, arrays: list[Any], submit: Callable[[_Task], None]) -> int:
+        return _equalize_job(job, arrays, submit, settings, settle)
 
-        _Scheduler(workers, make_write, settle).run(jobs_todo, quiet_decoders)
+    # More workers than files would only cost start-up time.
+    scheduler = _Scheduler(min(workers, len(pairs)), make_write, settle)
+    warm: threading.Thread | None = None
+    try:
+        headers = scheduler.scan([file for file, _ in pairs])
+        jobs_todo = _plan(pairs, headers, out, enhance_options, overwrite, dry_run, settle)
+        if not dry_run and jobs_todo:
+            kernels: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+            if how is Method.GLOBAL and not _kernels.loaded():
+                pixels = sum(
+                    im.info.rows * im.info.columns * im.info.frames
+                    for job in jobs_todo
+                    for im in job.images
+                )
+                if pixels < JIT_WORTH_PIXELS:
+                    kernels = _kernels.numpy_kernels()
+                else:
+                    # The compiled kernels load while the workers decode the first series.
+                    warm = threading.Thread(target=_kernels.warm_up, name="medeq-warm-up")
+                    warm.start()
+            if out.exists():
+                _atomic.remove_stale_parts(out)
+            with kernels:
+                scheduler.run(jobs_todo, quiet_decoders)
+    finally:
+        scheduler.close()
+    if warm is not None:
+        warm.join()
     report.elapsed = time.perf_counter() - clock
     return report
 
 
 def _plan(
     pairs: list[tuple[Path, Path]],
+    headers: list[DicomImage | str],
     out: Path,
     options: dict[str, Any],
     overwrite: bool,
@@ -408,11 +452,9 @@ def _plan(
 ) -> list[_Job]:
     groups: dict[str, list[tuple[DicomImage, Path]]] = {}
     taken: set[Path] = set()
-    for file, root in pairs:
-        try:
-            image = read(file)
-        except DicomError as exc:
-            settle(FileResult(str(file), "failed", error=str(exc)))
+    for (file, root), image in zip(pairs, headers, strict=True):
+        if isinstance(image, str):
+            settle(FileResult(str(file), "failed", error=image))
             continue
         target = _target(file, root, out, taken)
         groups.setdefault(image.info.series_instance_uid or str(file), []).append((image, target))
@@ -515,6 +557,7 @@ class _Scheduler:
         self.writes_left: dict[int, int] = {}
         self.make_write = make_write
         self.settle = settle
+        self.closed = False
 
     def _new_pool(self) -> Executor:
         import multiprocessing
@@ -560,8 +603,54 @@ class _Scheduler:
                     self._recover(crashed)
         except BaseException:
             self.pool.shutdown(wait=False, cancel_futures=True)
+            self.closed = True
             raise
-        self.pool.shutdown(wait=True)
+
+    def close(self) -> None:
+        """Shut the pool down, waiting for its processes (unless a failure already did)."""
+        if not self.closed:
+            self.closed = True
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def scan(self, files: list[Path]) -> list[DicomImage | str]:
+        """Headers of ``files`` (or error messages), read in batches by the workers.
+
+        While the workers start (each imports medeq, which takes a moment), this process
+        reads batches from the end of the list: a batch no worker has taken yet is
+        cancelled in the pool and read here. Reading a header runs no C decoder, so a
+        worker should not die on one; if the pool breaks anyway (the OOM killer), the
+        batches it lost are read here too.
+        """
+        names = [str(f) for f in files]
+        size = max(1, min(32, len(names) // (4 * self.workers)))
+        batches = [names[i : i + size] for i in range(0, len(names), size)]
+        read_here = isinstance(self.pool, _Inline)
+        done: list[list[DicomImage | str] | None] = [None] * len(batches)
+        broken = False
+        try:
+            if read_here:
+                done = [_read_headers(batch) for batch in batches]
+            else:
+                futures = [self.pool.submit(_read_headers, batch) for batch in batches]
+                for i in reversed(range(len(batches))):
+                    if futures[i].cancel():
+                        done[i] = _read_headers(batches[i])
+                for i, future in enumerate(futures):
+                    if done[i] is None:
+                        try:
+                            done[i] = future.result()
+                        except BrokenProcessPool:
+                            broken = True
+                            done[i] = _read_headers(batches[i])
+        except BaseException:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.closed = True
+            raise
+        headers = [image for batch in done if batch is not None for image in batch]
+        if broken:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = self._new_pool()
+        return headers
 
     def _recover(self, crashed: list[_Task]) -> None:
         """Rebuild the pool; rerun the tasks that were in flight one at a time.

@@ -29,6 +29,11 @@ Frame = int | str | None
 
 def window_to_8bit(values: NDArray[Any], center: float, width: float) -> NDArray[np.uint8]:
     """The LINEAR VOI function (PS3.3 C.11.2.1.2.1) into 0..255, rounded."""
+    if values.dtype in (np.uint8, np.uint16) and values.size > 1 << 16:
+        # One evaluation per possible value, then a table lookup per pixel.
+        table = window_to_8bit(np.arange(int(values.max()) + 1), center, width)
+        mapped: NDArray[np.uint8] = table[values]
+        return mapped
     x = values.astype(np.float64)
     if width <= 1:
         return np.where(x <= center - 0.5, 0, 255).astype(np.uint8)
