@@ -24,7 +24,11 @@ from typing import Any
 
 
 def _busy_jiffies() -> tuple[int, int] | None:
-    """(CPU time of all processes, of this process), in clock ticks; None off Linux."""
+    """(CPU time of all processes, of this process and its children), in clock ticks.
+
+    None off Linux. Children count once they have been waited for: the command-line
+    cases run medeq in subprocesses, which are not "other" load.
+    """
     try:
         with open("/proc/stat") as f:
             fields = [int(x) for x in f.readline().split()[1:]]
@@ -33,7 +37,7 @@ def _busy_jiffies() -> tuple[int, int] | None:
     except OSError:
         return None
     idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields[:8]) - idle, int(own[11]) + int(own[12])  # utime + stime
+    return sum(fields[:8]) - idle, sum(int(t) for t in own[11:15])  # u/s time, own + children
 
 
 class LoadMeter:

@@ -36,7 +36,7 @@ except ImportError:  # a fresh clone without an install
 import _harness  # noqa: E402
 
 #: Modules with a CASES dict, in the order their cases run.
-MODULES = ["cases_core"]
+MODULES = ["cases_core", "cases_clahe", "cases_convert"]
 
 Case = Callable[[_harness.Context], _harness.CaseResult]
 

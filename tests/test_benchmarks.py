@@ -24,11 +24,31 @@ def test_quick_suite_runs_and_writes_json(tmp_path: Path) -> None:
     assert doc["quick"] is True
     assert doc["machine"]["cpu"]
     cases = {case["name"]: case for case in doc["cases"]}
-    assert {"bandwidth", "global-8bit", "volume-12bit-uint16", "volume-12bit-int16"} <= set(cases)
+    assert {
+        "bandwidth",
+        "global-8bit",
+        "volume-12bit-uint16",
+        "volume-12bit-int16",
+        "clahe-16bit",
+        "series-convert",
+        "series-memory",
+        "cold-start",
+    } <= set(cases)
     for case in cases.values():
         assert case["rows"], case["name"]
         assert all(row["median_s"] > 0 for row in case["rows"])
         assert case["title"] in res.stdout
+    convert_targets = set(cases["series-convert"]["targets"])
+    assert convert_targets == {
+        "medeq --jobs 1 / floor",
+        "naive script / medeq --jobs 1",
+        "medeq --jobs 1 / medeq --jobs 2",
+    }
+    assert [row["peer"] for row in cases["series-memory"]["rows"]] == [
+        "medeq convert --jobs 1",
+        "medeq convert --jobs 2",
+    ]
+    assert cases["clahe-16bit"]["facts"]["mean |medeq - cv2| / 65535 (cv2's bins and clip)"] < 0.01
     # The peers compute the same thing: parity is part of what the suite reports.
     assert cases["global-8bit"]["facts"]["medeq output == cv2.equalizeHist output"] is True
     for name in ("volume-12bit-uint16", "volume-12bit-int16"):

@@ -116,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="worker processes (default: all cores)",
+        help="worker processes (default: all cores, one per 32 files for small batches)",
     )
     conv.add_argument("--report", metavar="FILE.json", help="write a JSON report")
     conv.add_argument("--overwrite", action="store_true", help="replace existing outputs")

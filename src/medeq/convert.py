@@ -48,6 +48,9 @@ __all__ = ["FileResult", "Report", "convert"]
 #: numpy kernels in a process that has not loaded the compiled ones: loading those costs
 #: about a second, more than they would save (measured in docs/performance.md).
 JIT_WORTH_PIXELS = 1 << 26
+#: With the default ``jobs``, one worker process per this many input files (at most one
+#: per core): below about that, a worker's start-up costs more than it saves.
+FILES_PER_WORKER = 32
 
 
 @dataclass
@@ -168,6 +171,10 @@ def _decode_task(info: ImageInfo, quiet: bool) -> tuple[NDArray[Any] | None, str
             return np.array(image.stored), None
     except MedeqError as exc:
         return None, str(exc)
+
+
+def _ready() -> None:
+    """A task that does nothing: its end tells that a worker process is up."""
 
 
 def _read_headers(files: list[str]) -> list[DicomImage | str]:
@@ -323,7 +330,9 @@ def convert(
     figure : bool
         Write the comparison figure (PNG) for each series.
     jobs : int, optional
-        Worker processes (default: all cores). 1 runs everything in this process.
+        Worker processes. 1 runs everything in this process. The default uses every core
+        for big batches and fewer for small ones (one per 32 files), since a worker's
+        start-up costs about half a second.
     overwrite : bool
         Replace existing outputs. Without it, outputs this command already made (same
         source, same parameters) are skipped and anything else in the way is an error.
@@ -409,7 +418,10 @@ def convert(
     def make_write(job: _Job, arrays: list[Any], submit: Callable[[_Task], None]) -> int:
         return _equalize_job(job, arrays, submit, settings, settle)
 
-    # More workers than files would only cost start-up time.
+    # Starting a worker costs about half a second (it imports medeq): more workers than
+    # files would only cost that, and by default a small batch does not use every core.
+    if jobs is None:
+        workers = min(workers, max(1, len(pairs) // FILES_PER_WORKER))
     scheduler = _Scheduler(min(workers, len(pairs)), make_write, settle)
     warm: threading.Thread | None = None
     try:
@@ -553,6 +565,7 @@ class _Scheduler:
         self.pool = self._new_pool()
         self.pending: dict[Future[Any], _Task] = {}
         self.suspects: deque[_Task] = deque()
+        self.backlog: deque[_Task] = deque()
         self.decoded: dict[int, list[Any]] = {}
         self.writes_left: dict[int, int] = {}
         self.make_write = make_write
@@ -571,12 +584,23 @@ class _Scheduler:
         if self.suspects:
             self.suspects.append(task)  # after a crash, tasks run one at a time
             return
-        self.pending[self.pool.submit(task.fn, *task.args)] = task
+        self.backlog.append(task)
+        self._fill()
+
+    def _fill(self) -> None:
+        """Hand the pool a few tasks per worker; the rest wait here.
+
+        Waiting on every future of a 500-slice series at once would cost time
+        quadratic in its length; a short queue keeps each wait cheap.
+        """
+        while self.backlog and len(self.pending) < 4 * self.workers:
+            task = self.backlog.popleft()
+            self.pending[self.pool.submit(task.fn, *task.args)] = task
 
     def run(self, jobs: list[_Job], quiet: bool) -> None:
         queue = list(reversed(jobs))
         try:
-            while queue or self.pending or self.suspects:
+            while queue or self.pending or self.suspects or self.backlog:
                 if self.suspects:
                     if not self.pending:
                         task = self.suspects.popleft()
@@ -587,6 +611,7 @@ class _Scheduler:
                         self.decoded[id(job)] = [None] * len(job.images)
                         for i, im in enumerate(job.images):
                             self.submit(_Task("decode", job, i, self.decode, (im.info, quiet)))
+                    self._fill()
                 if not self.pending:
                     continue
                 finished, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
@@ -615,9 +640,10 @@ class _Scheduler:
     def scan(self, files: list[Path]) -> list[DicomImage | str]:
         """Headers of ``files`` (or error messages), read in batches by the workers.
 
-        While the workers start (each imports medeq, which takes a moment), this process
-        reads batches from the end of the list: a batch no worker has taken yet is
-        cancelled in the pool and read here. Reading a header runs no C decoder, so a
+        Until the first worker is up (each imports medeq, which takes half a second),
+        this process reads batches from the front of the list; then it hands the rest to
+        the pool and reads from the back whatever no worker has taken yet (cancelling
+        it in the pool). Reading a header runs no C decoder, so a
         worker should not die on one; if the pool breaks anyway (the OOM killer), the
         batches it lost are read here too.
         """
@@ -631,11 +657,21 @@ class _Scheduler:
             if read_here:
                 done = [_read_headers(batch) for batch in batches]
             else:
-                futures = [self.pool.submit(_read_headers, batch) for batch in batches]
-                for i in reversed(range(len(batches))):
+                # Until a worker is up, read here from the front.
+                ready = [self.pool.submit(_ready) for _ in range(self.workers)]
+                first = 0
+                while first < len(batches) and not any(r.done() for r in ready):
+                    done[first] = _read_headers(batches[first])
+                    first += 1
+                futures: dict[int, Future[list[DicomImage | str]]] = {
+                    i: self.pool.submit(_read_headers, batches[i])
+                    for i in range(first, len(batches))
+                }
+                # Then from the back, whatever the workers have not taken yet.
+                for i in reversed(range(first, len(batches))):
                     if futures[i].cancel():
                         done[i] = _read_headers(batches[i])
-                for i, future in enumerate(futures):
+                for i, future in futures.items():
                     if done[i] is None:
                         try:
                             done[i] = future.result()
