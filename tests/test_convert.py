@@ -114,3 +114,50 @@ def test_small_conversion_uses_numpy_kernels_and_same_pixels(tmp_path: Path) -> 
     written = medeq.read(next(out.rglob("*.dcm")))
     expected = medeq.enhance(medeq.read(ct))  # this process: whichever kernels it has
     np.testing.assert_array_equal(written.stored[0], expected.pixels[0])
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_forked_and_spawned_workers_write_what_one_process_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start: str
+) -> None:
+    import importlib
+
+    convert_module = importlib.import_module("medeq.convert")
+    if start not in __import__("multiprocessing").get_all_start_methods():
+        pytest.skip(f"no {start!r} start method on this platform")
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("CT_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "JPEGLSNearLossless_16.dcm"):
+        shutil.copy(get_testdata_file(name), src / name)
+    one = medeq.convert([src], tmp_path / "one", jobs=1, preview=False)
+    monkeypatch.setattr(convert_module, "_start_method", lambda: start)
+    two = medeq.convert([src], tmp_path / "two", jobs=2, preview=False)
+    assert one.totals == two.totals
+    assert one.totals["converted"] >= 3
+    for out in sorted((tmp_path / "one").rglob("*.dcm")):
+        a = medeq.read(out)
+        b = medeq.read(tmp_path / "two" / out.relative_to(tmp_path / "one"))
+        assert a.dataset.SOPInstanceUID == b.dataset.SOPInstanceUID
+        np.testing.assert_array_equal(a.stored, b.stored)
+
+
+def test_default_jobs_use_fewer_workers_for_small_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    convert_module = importlib.import_module("medeq.convert")
+    seen: list[int] = []
+    real = convert_module._Scheduler
+
+    class Recording(real):  # type: ignore[misc, valid-type]
+        def __init__(self, workers: int, *args: Any, **kwargs: Any) -> None:
+            seen.append(workers)
+            super().__init__(workers, *args, **kwargs)
+
+    monkeypatch.setattr(convert_module, "_Scheduler", Recording)
+    monkeypatch.setattr(convert_module.os, "cpu_count", lambda: 8)
+    ct = get_testdata_file("CT_small.dcm")
+    medeq.convert([ct], tmp_path / "a", preview=False)  # 1 file: in this process
+    medeq.convert([ct], tmp_path / "b", jobs=3, preview=False)  # never more than files
+    assert seen == [1, 1]
