@@ -481,3 +481,57 @@ def test_bad_lut_arguments_are_refused(counts: np.ndarray, levels: int, match: s
 def test_errors_are_value_errors() -> None:
     with pytest.raises(ValueError, match="bins"):
         medeq.equalize(np.ones((2, 2), np.uint8), bins=-1)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    st.sampled_from([np.int16, np.uint16, np.int32, np.uint8]),
+    st.integers(1, 4),
+    st.integers(-3000, 3000),
+    st.integers(0, 5000),
+    st.sampled_from([None, 7, 256, 4096]),
+    st.sampled_from([None, "inside", "wide"]),
+    st.sampled_from([256, 4096, 65536]),
+    st.sampled_from(["standard", "seed"]),
+    st.integers(0, 2**16),
+)
+def test_value_mapping_from_summed_slice_counts_is_equalize(
+    dtype: type,
+    slices: int,
+    low: int,
+    span: int,
+    bins: int | None,
+    vr: str | None,
+    levels: int,
+    variant: str,
+    seed: int,
+) -> None:
+    """Counting slice by slice, adding the counts, then mapping each slice: same pixels."""
+    info = np.iinfo(dtype)
+    low = int(np.clip(low, info.min, info.max))
+    high = int(np.clip(low + span, info.min, info.max))
+    rng = np.random.default_rng(seed)
+    volume = rng.integers(low, high, (slices, 9, 11), endpoint=True).astype(dtype)
+    value_range = None
+    if vr == "inside" and high - low >= 4:
+        value_range = (float(low + (high - low) // 4), float(high - (high - low) // 4))
+    elif vr == "wide":
+        value_range = (float(low - 50), float(high + 50))
+    first = int(volume.min())
+    counts = np.zeros(int(volume.max()) - first + 1, np.int64)
+    for part in volume:  # as the workers of a conversion count them
+        lo = int(part.min())
+        counts[lo - first : lo - first + int(part.max()) - lo + 1] += np.bincount(
+            (part.astype(np.int64) - lo).ravel()
+        )
+    mapping = medeq.core.value_mapping(first, counts, bins, value_range, levels, variant)
+    expected = medeq.equalize(volume, bins, value_range=value_range, levels=levels, variant=variant)
+    if mapping is None:
+        assert variant == "standard"
+        assert np.count_nonzero(medeq.histogram(volume, bins, value_range=value_range)[0]) == 1
+        return
+    mapped = np.stack([mapping.apply(part) for part in volume])
+    np.testing.assert_array_equal(mapped, expected)
+    assert mapped.dtype == expected.dtype
+    hist, _ = medeq.histogram(volume, bins, value_range=value_range)
+    np.testing.assert_array_equal(mapping.counts, hist)

@@ -292,6 +292,67 @@ def _value_table(dtype: np.dtype[Any], h: _Histogram, lut: NDArray[Any]) -> NDAr
     return table
 
 
+@dataclass(frozen=True)
+class ValueMapping:
+    """Global equalization of integer data known only by the counts of its values.
+
+    What :func:`equalize` computes for an integer image (no mask, one histogram), from
+    counts that may have been added up slice by slice elsewhere: the histogram over the
+    bins and the output level of every value in ``first .. first + table.size - 1``.
+    """
+
+    #: The histogram over the bins (what :func:`histogram` gives for the same image).
+    counts: NDArray[np.int64]
+    #: The value of ``table[0]``.
+    first: int
+    #: Output level of each value, uint8 or uint16.
+    table: NDArray[Any]
+
+    def apply(self, values: NDArray[np.integer]) -> NDArray[Any]:
+        """Map integer values (within the counted span) to their output levels."""
+        offset = values.astype(np.int64) - self.first
+        return self.table[offset]
+
+
+def value_mapping(
+    first: int,
+    value_counts: NDArray[np.int64],
+    bins: int | None,
+    value_range: tuple[float, float] | None,
+    levels: int,
+    variant: Variant | str = "standard",
+) -> ValueMapping | None:
+    """The mapping :func:`equalize` applies to integer data whose values have these counts.
+
+    ``value_counts[k]`` is the number of pixels of value ``first + k``. Applying the
+    result to the pixels gives exactly ``equalize(image, bins, value_range=value_range,
+    levels=levels, variant=variant)``. Returns None where :func:`equalize` would hand the
+    image back unchanged (a single non-empty bin with the standard formula), since that
+    answer depends on the image's dtype rather than on its values.
+    """
+    var = _as_variant(variant)
+    vcounts = np.asarray(value_counts, dtype=np.int64)
+    nz = np.flatnonzero(vcounts)
+    if nz.size == 0:
+        raise ParameterError("value_counts must count at least one pixel")
+    last = first + vcounts.size - 1
+    vr = _check_range(value_range, True)
+    lo, hi = (
+        (int(vr[0]), int(vr[1])) if vr is not None else (first + int(nz[0]), first + int(nz[-1]))
+    )
+    nbins = _check_bins(bins) or min(hi - lo + 1, MAX_DEFAULT_BINS)
+    binning = Binning(lo, hi, nbins, True)
+    index = binning.index(np.arange(first, last + 1, dtype=np.int64))
+    if nbins == hi - lo + 1:
+        counts = _level_counts(vcounts, first, lo, hi)
+    else:
+        counts = np.rint(np.bincount(index, weights=vcounts, minlength=nbins)).astype(np.int64)
+    if var is Variant.STANDARD and np.count_nonzero(counts) == 1:
+        return None
+    lut = _lut(counts, _check_levels(levels), var)
+    return ValueMapping(counts, first, lut[index])
+
+
 # --------------------------------------------------------------------------- public API
 
 
