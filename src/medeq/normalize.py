@@ -360,6 +360,122 @@ def normalize(
     images: list[DicomImage] = list(getattr(image, "images", [image]))
     if not images or not all(isinstance(im, DicomImage) for im in images):
         raise ParameterError(f"image must be a DicomImage or a Series, got {type(image).__name__}")
+    plan = voi_plan(images, window)
+    parts = [plan.values(im) for im in images]
+    array = stack_frames(parts)
+    integer = array.dtype.kind in "iu"
+    if plan.sigmoid is not None:
+        w = plan.sigmoid
+        mlo, mhi = float(array.min()), float(array.max())
+        levels = int(mhi - mlo) + 1 if integer else _float_levels(mlo, mhi, images)
+        z = (array.astype(np.float64) - w.center) / w.width
+        array = (1.0 / (1.0 + np.exp(-4.0 * z))).astype(np.float32)
+        span = Span(0.0, 1.0, levels, f"window {w.center:g}/{w.width:g} SIGMOID", w)
+    else:
+        span = plan.span(images, integer, float(array.min()), float(array.max()))
+    lo, hi = span.lo, span.hi
+
+    inverted = False
+    parts_inv = []
+    start = 0
+    for im, part in zip(images, parts, strict=True):
+        n = part.shape[0]
+        chunk = array[start : start + n]
+        if im.info.photometric == "MONOCHROME1":
+            chunk = _invert(chunk, lo, hi)
+            inverted = True
+        parts_inv.append(chunk)
+        start += n
+    if inverted:
+        array = stack_frames(parts_inv)
+    return Normalized(
+        array=array,
+        value_range=(lo, hi),
+        levels=max(span.levels, 1),
+        voi=span.voi + (", MONOCHROME1 inverted" if inverted else ""),
+        window=span.window,
+        inverted=inverted,
+        units=plan.units,
+    )
+
+
+@dataclass(frozen=True)
+class Span:
+    """The value range the equalization covers, and how it was chosen."""
+
+    lo: float
+    hi: float
+    levels: int
+    voi: str
+    window: Window | None
+
+
+@dataclass(frozen=True)
+class VoiPlan:
+    """What :func:`normalize` decides from the headers alone, before any pixel is seen.
+
+    A conversion uses it to normalise a series slice by slice in worker processes: each
+    worker computes :meth:`values` of its images, and :meth:`span` is decided from the
+    minimum and maximum of all of them, exactly as :func:`normalize` decides it for the
+    stacked volume.
+    """
+
+    #: The window chosen for each image (None: the data's range or a VOI LUT).
+    chosen: tuple[Window | None, ...]
+    #: Apply the images' VOI LUT Sequence item ``lut_index``.
+    use_lut: bool
+    lut_index: int
+    units: str
+    #: The SIGMOID window, when that VOI function applies (its output is float).
+    sigmoid: Window | None
+
+    def values(self, image: DicomImage) -> NDArray[Any]:
+        """Modality values of one image, through the VOI LUT when the plan uses one."""
+        values = modality_values(image)
+        if self.use_lut:
+            item = image.dataset.VOILUTSequence[self.lut_index]
+            values = _apply_lut(values, item, _little_endian(image), values.dtype.kind == "i")
+        return values
+
+    def span(
+        self, images: Sequence[DicomImage], integer: bool, data_lo: float, data_hi: float
+    ) -> Span:
+        """The range to equalize over, given the values' type and their min and max."""
+        if self.use_lut:
+            lo, hi = data_lo, data_hi
+            span = Span(
+                lo, hi, int(hi - lo) + 1, f"VOI LUT Sequence item {self.lut_index + 1}", None
+            )
+        elif all(w is None for w in self.chosen):
+            lo, hi = data_lo, data_hi
+            levels = int(hi - lo) + 1 if integer else _float_levels(lo, hi, images)
+            span = Span(lo, hi, levels, "full range", None)
+        else:
+            windows = [w for w in self.chosen if w is not None]
+            bounds = [_window_bounds(w, integer) for w in windows]
+            lo, hi = min(b[0] for b in bounds), max(b[1] for b in bounds)
+            levels = int(hi - lo) + 1 if integer else _float_levels(lo, hi, images)
+            if len({(w.center, w.width, w.function) for w in windows}) == 1:
+                used = windows[0]
+                voi = f"window {used.center:g}/{used.width:g} {used.function}"
+            else:
+                c, width = (lo + hi) / 2, hi - lo
+                used = Window(c, width, "LINEAR", "union of the series' windows")
+                voi = f"window {c:g}/{width:g} (union of {len(bounds)} windows)"
+            span = Span(lo, hi, levels, voi, used)
+        if span.hi <= span.lo:  # a constant image: give the core a valid, non-empty span
+            span = Span(span.lo, span.lo + 1, span.levels, span.voi, span.window)
+        return span
+
+
+def voi_plan(images: Sequence[DicomImage], window: WindowSpec = "auto") -> VoiPlan:
+    """The VOI decisions :func:`normalize` makes from the headers of ``images``.
+
+    Raises
+    ------
+    ParameterError
+        As :func:`normalize`.
+    """
     spec = parse_window(window)
     first = images[0]
     units = _units(first)
@@ -404,75 +520,16 @@ def normalize(
             chosen, use_lut = [None] * len(images), True
         else:
             chosen = [None] * len(images)
-
-    lut_index = spec if isinstance(spec, int) else 0
-    parts: list[NDArray[Any]] = []
-    for im in images:
-        values = modality_values(im)
-        if use_lut:
-            item = im.dataset.VOILUTSequence[lut_index]
-            values = _apply_lut(values, item, _little_endian(im), values.dtype.kind == "i")
-        parts.append(values)
-    array = stack_frames(parts)
-    integer = array.dtype.kind in "iu"
-
-    window_used: Window | None = None
-    if use_lut:
-        lo, hi = float(array.min()), float(array.max())
-        levels = int(hi - lo) + 1
-        voi = f"VOI LUT Sequence item {lut_index + 1}"
-        units = ""
-    elif all(w is None for w in chosen):
-        lo, hi = float(array.min()), float(array.max())
-        levels = int(hi - lo) + 1 if integer else _float_levels(lo, hi, images)
-        voi = "full range"
-    else:
-        windows = [w for w in chosen if w is not None]
-        if any(w.function == "SIGMOID" for w in windows):
-            w = windows[0]
-            mlo, mhi = float(array.min()), float(array.max())
-            levels = int(mhi - mlo) + 1 if integer else _float_levels(mlo, mhi, images)
-            z = (array.astype(np.float64) - w.center) / w.width
-            array = (1.0 / (1.0 + np.exp(-4.0 * z))).astype(np.float32)
-            lo, hi = 0.0, 1.0
-            window_used = w
-            voi = f"window {w.center:g}/{w.width:g} SIGMOID"
-            integer = False
-        else:
-            bounds = [_window_bounds(w, integer) for w in windows]
-            lo, hi = min(b[0] for b in bounds), max(b[1] for b in bounds)
-            levels = int(hi - lo) + 1 if integer else _float_levels(lo, hi, images)
-            if len({(w.center, w.width, w.function) for w in windows}) == 1:
-                window_used = windows[0]
-                voi = f"window {window_used.center:g}/{window_used.width:g} {window_used.function}"
-            else:
-                c, width = (lo + hi) / 2, hi - lo
-                window_used = Window(c, width, "LINEAR", "union of the series' windows")
-                voi = f"window {c:g}/{width:g} (union of {len(bounds)} windows)"
-    if hi <= lo:
-        hi = lo + 1  # a constant image: give the core a valid, non-empty span
-
-    inverted = False
-    parts_inv = []
-    start = 0
-    for im, part in zip(images, parts, strict=True):
-        n = part.shape[0]
-        chunk = array[start : start + n]
-        if im.info.photometric == "MONOCHROME1":
-            chunk = _invert(chunk, lo, hi)
-            inverted = True
-        parts_inv.append(chunk)
-        start += n
-    if inverted:
-        array = stack_frames(parts_inv)
-    return Normalized(
-        array=array,
-        value_range=(lo, hi),
-        levels=max(levels, 1),
-        voi=voi + (", MONOCHROME1 inverted" if inverted else ""),
-        window=window_used,
-        inverted=inverted,
-        units=units,
+    windows = [w for w in chosen if w is not None]
+    sigmoid = next((w for w in windows if w.function == "SIGMOID"), None)
+    if sigmoid is not None:
+        sigmoid = windows[0]  # as before: the first window's parameters
+    return VoiPlan(
+        tuple(chosen),
+        use_lut,
+        spec if isinstance(spec, int) else 0,
+        "" if use_lut else units,
+        sigmoid,
     )
 
 
