@@ -245,6 +245,86 @@ def _mask_for(
     return arr, "array"
 
 
+def describe(
+    images: list[DicomImage],
+    *,
+    method: Method,
+    variant: core.Variant,
+    bins: int | None,
+    nbins: int,
+    value_range: tuple[float, float],
+    voi: str,
+    window: WindowSpec,
+    mask: str | ArrayLike | None,
+    mask_text: str,
+    levels: int | None,
+    out_levels: int,
+    per_slice: bool,
+    clip_limit: float,
+    kernel_size: int | tuple[int, int] | None,
+    keep_private: bool,
+    value_span: tuple[int, int],
+) -> tuple[dict[str, Any], dict[str, Any], str, str]:
+    """What a derived object records of its making.
+
+    Returns ``(header_options, parameters, description, series_uid)``: the arguments of
+    :func:`medeq.writer.derive_header`, the parameters for reports, the text for
+    (0008,2111) Derivation Description, and the new series UID. ``bins``, ``window``,
+    ``mask`` and ``levels`` are the caller's arguments (they fix the UIDs); ``nbins``,
+    ``value_range``, ``voi`` and ``out_levels`` what they resolved to.
+    """
+    lo, hi = value_range
+    parameters: dict[str, Any] = {
+        "method": method.value,
+        "variant": variant.value,
+        "bins": nbins,
+        "value_range": [lo, hi],
+        "window": voi,
+        "mask": mask_text,
+        "levels": out_levels,
+        "per_slice": per_slice,
+    }
+    if method is Method.CLAHE:
+        parameters["clip_limit"] = clip_limit
+        parameters["kernel_size"] = kernel_size
+    canonical = canonical_parameters(
+        images,
+        method=method,
+        bins=bins,
+        window=window,
+        mask=mask,
+        levels=levels,
+        per_slice=per_slice,
+        variant=variant,
+        clip_limit=clip_limit,
+        kernel_size=kernel_size,
+    )
+    from . import __version__
+
+    description = (
+        f"Histogram equalization by medeq {__version__}: {method.value}"
+        f"{', seed formula' if variant is core.Variant.SEED else ''}"
+        f"{', per slice' if per_slice else ''}, {nbins} bins over [{lo:g}, {hi:g}], "
+        f"{voi}, mask {mask_text}, {out_levels} output levels"
+        + (f", clip limit {clip_limit:g}" if method is Method.CLAHE else "")
+    )
+    first = images[0].info
+    series_uid = derived_uid(
+        first.series_instance_uid or first.sop_instance_uid, canonical, "series"
+    )
+    series_number = min((first.series_number or 0) + 1000, 2**31 - 1)
+    header_options: dict[str, Any] = {
+        "levels": out_levels,
+        "value_span": value_span,
+        "description": description,
+        "parameters": canonical,
+        "series_uid": series_uid,
+        "series_number": series_number,
+        "keep_private": keep_private,
+    }
+    return header_options, parameters, description, series_uid
+
+
 def enhance(
     image: DicomImage | Any,
     *,
@@ -339,55 +419,25 @@ def enhance(
             levels=levels_,
         )
 
-    lo, hi = norm.value_range
-    parameters: dict[str, Any] = {
-        "method": how.value,
-        "variant": var.value,
-        "bins": nbins,
-        "value_range": [lo, hi],
-        "window": norm.voi,
-        "mask": mask_text,
-        "levels": levels_,
-        "per_slice": bool(per_slice),
-    }
-    if how is Method.CLAHE:
-        parameters["clip_limit"] = clip_limit
-        parameters["kernel_size"] = kernel_size
-    canonical = canonical_parameters(
+    header_options, parameters, description, series_uid = describe(
         images,
         method=how,
+        variant=var,
         bins=bins_,
+        nbins=nbins,
+        value_range=norm.value_range,
+        voi=norm.voi,
         window=window,
         mask=mask,
+        mask_text=mask_text,
         levels=levels,
+        out_levels=levels_,
         per_slice=bool(per_slice),
-        variant=var,
         clip_limit=clip_limit,
         kernel_size=kernel_size,
+        keep_private=keep_private,
+        value_span=(int(pixels.min()), int(pixels.max())),
     )
-    from . import __version__
-
-    description = (
-        f"Histogram equalization by medeq {__version__}: {how.value}"
-        f"{', seed formula' if var is core.Variant.SEED else ''}"
-        f"{', per slice' if per_slice else ''}, {nbins} bins over [{lo:g}, {hi:g}], "
-        f"{norm.voi}, mask {mask_text}, {levels_} output levels"
-        + (f", clip limit {clip_limit:g}" if how is Method.CLAHE else "")
-    )
-    first = images[0].info
-    series_uid = derived_uid(
-        first.series_instance_uid or first.sop_instance_uid, canonical, "series"
-    )
-    series_number = min((first.series_number or 0) + 1000, 2**31 - 1)
-    header_options: dict[str, Any] = {
-        "levels": levels_,
-        "value_span": (int(pixels.min()), int(pixels.max())),
-        "description": description,
-        "parameters": canonical,
-        "series_uid": series_uid,
-        "series_number": series_number,
-        "keep_private": keep_private,
-    }
     before_counts, _ = core.histogram(
         norm.array, nbins, value_range=norm.value_range, mask=mask_arr
     )
