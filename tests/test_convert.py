@@ -161,3 +161,122 @@ def test_default_jobs_use_fewer_workers_for_small_batches(
     medeq.convert([ct], tmp_path / "a", preview=False)  # 1 file: in this process
     medeq.convert([ct], tmp_path / "b", jobs=3, preview=False)  # never more than files
     assert seen == [1, 1]
+
+
+def _synthetic_series(folder: Path) -> None:
+    """A 4-slice CT series and a 3-image MONOCHROME1 series, slices all different."""
+    import pydicom
+
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for name, count, mono1 in (("CT_small.dcm", 4, False), ("MR_small.dcm", 3, True)):
+        template = pydicom.dcmread(get_testdata_file(name))
+        base = template.pixel_array.astype(np.int32)
+        for k in range(count):
+            ds = template.copy()
+            ds.SOPInstanceUID = f"{template.SOPInstanceUID}.{k + 1}"
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.InstanceNumber = k + 1
+            ds.ImagePositionPatient = [0.0, 0.0, float(k)]
+            shifted = base + int(rng.integers(-200, 200)) + rng.integers(0, 30, base.shape)
+            info = np.iinfo(template.pixel_array.dtype)
+            ds.PixelData = np.clip(shifted, info.min, info.max).astype(info.dtype).tobytes()
+            if mono1:
+                ds.PhotometricInterpretation = "MONOCHROME1"
+            ds.save_as(folder / f"{Path(name).stem}_{k}.dcm")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"window": "none", "bins": 256},
+        {"variant": "seed", "levels": 256},
+        {"window": (40.0, 400.0), "bins": 100},
+    ],
+)
+def test_slice_wise_conversion_equals_enhance_of_the_volume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: dict[str, Any]
+) -> None:
+    import importlib
+
+    convert_module = importlib.import_module("medeq.convert")
+    streamed: list[int] = []
+    real = convert_module._stream_job
+
+    def counting(job: Any, *args: Any) -> int:
+        streamed.append(len(job.images))
+        return real(job, *args)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(convert_module, "_stream_job", counting)
+    src = tmp_path / "in"
+    _synthetic_series(src)
+    report = medeq.convert([src], tmp_path / "out", jobs=2, preview=True, **options)
+    assert report.exit_code == 0, report.as_dict()
+    assert sorted(streamed) == [3, 4]  # both series went slice-wise
+    by_source = {Path(f.input).name: f for f in report.files}
+    for series in medeq.read_series(src):
+        derived = medeq.enhance(series, **options)
+        for n, image in enumerate(series.images):
+            name = Path(str(image.info.path)).name
+            written = medeq.read(tmp_path / "out" / name)
+            np.testing.assert_array_equal(written.stored, derived.image_pixels(n), err_msg=name)
+            header = derived.headers[n]
+            for keyword in (
+                "SOPInstanceUID",
+                "SeriesInstanceUID",
+                "WindowCenter",
+                "WindowWidth",
+                "BitsStored",
+                "DerivationDescription",
+            ):
+                assert str(written.dataset.get(keyword)) == str(header.get(keyword)), keyword
+            result = by_source[name]
+            assert result.quality_before == derived.before.as_dict()
+            assert result.quality_after == derived.after.as_dict()
+            assert (tmp_path / "out" / name).with_suffix(".jpg").is_file()
+
+
+def test_series_that_cannot_go_slice_wise_is_equalized_as_a_volume(tmp_path: Path) -> None:
+    """Float modality values (a fractional slope) fall back to the volume path: same result."""
+    import pydicom
+
+    src = tmp_path / "in"
+    _synthetic_series(src)
+    for path in src.glob("CT_small_*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.RescaleSlope = "0.5"
+        ds.save_as(path)
+    report = medeq.convert([src], tmp_path / "out", jobs=2, preview=False)
+    assert report.exit_code == 0, report.as_dict()
+    for series in medeq.read_series(src):
+        derived = medeq.enhance(series)
+        for n, image in enumerate(series.images):
+            written = medeq.read(tmp_path / "out" / Path(str(image.info.path)).name)
+            np.testing.assert_array_equal(written.stored, derived.image_pixels(n))
+
+
+def test_real_series_slice_wise_equal_enhance(tmp_path: Path) -> None:
+    """Every multi-image series of the shared real files: conversion == enhance."""
+    from .conftest import SHARED_DICOM
+
+    if not SHARED_DICOM.is_dir():
+        pytest.skip(f"shared DICOM folder {SHARED_DICOM} is absent (set MEDEQ_TEST_DATA)")
+    report = medeq.convert([SHARED_DICOM], tmp_path / "out", jobs=2, preview=False)
+    assert report.exit_code == 1  # the broken files fail; the rest is checked below
+    outputs = {Path(f.input).name: f for f in report.files}
+    checked = 0
+    for series in medeq.read_series(SHARED_DICOM):
+        if len(series.images) < 2 or not series.stackable:
+            continue
+        try:
+            derived = medeq.enhance(series)
+        except medeq.MedeqError:
+            continue
+        for n, image in enumerate(series.images):
+            result = outputs[Path(str(image.info.path)).name]
+            assert result.status == "converted", result
+            written = medeq.read(result.outputs[0])
+            np.testing.assert_array_equal(written.stored, derived.image_pixels(n))
+            checked += 1
+    assert checked >= 10

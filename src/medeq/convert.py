@@ -36,9 +36,9 @@ import pydicom
 from numpy.typing import NDArray
 
 from . import _atomic, _kernels, core
-from .enhance import Method, canonical_parameters, enhance
+from .enhance import Method, canonical_parameters, default_levels, describe, enhance, quality_of
 from .errors import DicomError, MedeqError, OutputError, ParameterError
-from .normalize import WindowSpec, parse_window
+from .normalize import VoiPlan, WindowSpec, _invert, parse_window, voi_plan
 from .reader import DicomImage, ImageInfo, read
 from .series import Series, _make_series, find_dicom_files
 from .writer import TransferSyntax, derive_header, derived_uid, sidecar, write_image
@@ -49,6 +49,13 @@ __all__ = ["FileResult", "Report", "convert"]
 #: numpy kernels in a process that has not loaded the compiled ones: loading those costs
 #: about a second, more than they would save (measured in docs/performance.md).
 JIT_WORTH_PIXELS = 1 << 26
+#: A series is equalized slice by slice in the workers (each counts its slice's values,
+#: this process adds the counts up and hands back one mapping) when it has at least two
+#: images and runs in parallel, or is this many pixels or more; otherwise it is decoded
+#: into one volume here. Slice-wise, no volume is ever held in memory.
+STREAM_MIN_PIXELS = 1 << 26
+#: Slices whose values span this many levels or more are equalized as a volume.
+STREAM_MAX_SPAN = 1 << 20
 #: With the default ``jobs``, one worker process per this many input files (at most one
 #: per core): below about that, a worker's start-up costs more than it saves.
 FILES_PER_WORKER = 32
@@ -141,6 +148,8 @@ class _Job:
     targets: list[Path]
     done: list[bool]
     results: list[FileResult]
+    #: Set when the series is equalized slice-wise in the workers (see _stream_job).
+    stream: VoiPlan | None = None
 
 
 # --------------------------------------------------------------------------- workers
@@ -200,6 +209,72 @@ def _read_headers(files: list[str]) -> list[DicomImage | str]:
         except DicomError as exc:
             images.append(str(exc))
     return images
+
+
+def _slice_values(path: str, sop_uid: str, plan: VoiPlan) -> tuple[DicomImage, NDArray[Any]]:
+    """Read one file again in a worker and normalise its values as the plan says."""
+    image = read(path)
+    if image.info.sop_instance_uid != sop_uid:
+        raise OutputError(
+            f"{path}: changed during the conversion ((0008,0018) SOP Instance UID is now "
+            f"{image.info.sop_instance_uid}, was {sop_uid})"
+        )
+    return image, plan.values(image)
+
+
+def _count_task(
+    path: str, sop_uid: str, plan: VoiPlan, quiet: bool
+) -> tuple[tuple[int, int, NDArray[np.int64]] | str | None, str | None]:
+    """Decode and normalise one slice; return its value range and value counts.
+
+    Returns ``((lo, hi, counts), None)``, or ``("volume", None)`` when the values are not
+    integers in a span small enough to count (the series is then equalized as a volume),
+    or ``(None, error)``.
+    """
+    try:
+        with _native_stderr_silenced(quiet):
+            _, values = _slice_values(path, sop_uid, plan)
+    except MedeqError as exc:
+        return None, str(exc)
+    if values.dtype.kind not in "iu":
+        return "volume", None
+    lo, hi = int(values.min()), int(values.max())
+    if hi - lo >= STREAM_MAX_SPAN:
+        return "volume", None
+    counts = np.bincount((values.astype(np.int64) - lo).ravel(), minlength=hi - lo + 1)
+    return (lo, hi, counts.astype(np.int64, copy=False)), None
+
+
+def _stream_write_task(
+    path: str,
+    sop_uid: str,
+    plan: VoiPlan,
+    invert: tuple[float, float] | None,
+    mapping: core.ValueMapping,
+    header_options: dict[str, Any],
+    target: str,
+    ts: TransferSyntax,
+    overwrite: bool,
+    window: tuple[float, float] | None,
+    quiet: bool,
+) -> tuple[list[str], str | None]:
+    """Decode, normalise and map one slice, then write it with its derived header."""
+    try:
+        with _native_stderr_silenced(quiet):
+            image, values = _slice_values(path, sop_uid, plan)
+        if invert is not None:
+            values = _invert(values, *invert)
+        written = write_image(
+            derive_header(image, **header_options),
+            mapping.apply(values),
+            Path(target),
+            transfer_syntax=ts,
+            overwrite=overwrite,
+            preview_window=window,
+        )
+        return [str(p) for p in written], None
+    except MedeqError as exc:
+        return [], str(exc)
 
 
 def _write_task(
@@ -429,8 +504,10 @@ def convert(
         return report
     settings = _Settings(enhance_options, ts, preview, figure, overwrite, keep_private)
 
-    def make_write(job: _Job, arrays: list[Any], submit: Callable[[_Task], None]) -> int:
-        return _equalize_job(job, arrays, submit, settings, settle)
+    def make_write(job: _Job, outcomes: list[Any], submit: Callable[[_Task], None]) -> int:
+        if job.stream is not None:
+            return _stream_job(job, outcomes, submit, settings, settle, quiet_decoders)
+        return _equalize_job(job, outcomes, submit, settings, settle)
 
     # Starting a worker costs about half a second (it imports medeq): more workers than
     # files would only cost that, and by default a small batch does not use every core.
@@ -442,13 +519,16 @@ def convert(
         headers = scheduler.scan([file for file, _ in pairs])
         jobs_todo = _plan(pairs, headers, out, enhance_options, overwrite, dry_run, settle)
         if not dry_run and jobs_todo:
+            slice_wise = (
+                how is Method.GLOBAL and not per_slice and mask in (None, "none") and not figure
+            )
+            for job in jobs_todo:
+                big = scheduler.workers > 1 or _pixels(job) >= STREAM_MIN_PIXELS
+                if slice_wise and len(job.images) >= 2 and big:
+                    job.stream = _stream_plan(job, window)
             kernels: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
             if how is Method.GLOBAL and not _kernels.loaded():
-                pixels = sum(
-                    im.info.rows * im.info.columns * im.info.frames
-                    for job in jobs_todo
-                    for im in job.images
-                )
+                pixels = sum(_pixels(job) for job in jobs_todo if job.stream is None)
                 if pixels < JIT_WORTH_PIXELS:
                     kernels = _kernels.numpy_kernels()
                 else:
@@ -465,6 +545,19 @@ def convert(
         warm.join()
     report.elapsed = time.perf_counter() - clock
     return report
+
+
+def _pixels(job: _Job) -> int:
+    return sum(im.info.rows * im.info.columns * im.info.frames for im in job.images)
+
+
+def _stream_plan(job: _Job, window: WindowSpec) -> VoiPlan | None:
+    """The VOI plan for equalizing ``job`` slice-wise, or None to decode it as a volume."""
+    try:
+        plan = voi_plan(job.images, window)
+    except MedeqError:
+        return None  # the volume path reports it, file by file
+    return plan if plan.sigmoid is None else None
 
 
 def _plan(
@@ -585,6 +678,7 @@ class _Scheduler:
         self.make_write = make_write
         self.settle = settle
         self.closed = False
+        self.quiet = True
 
     def _new_pool(self) -> Executor:
         import multiprocessing
@@ -622,10 +716,7 @@ class _Scheduler:
                         self.pending[self.pool.submit(task.fn, *task.args)] = task
                 else:
                     while queue and len(self.decoded) + len(self.writes_left) <= self.workers:
-                        job = queue.pop()
-                        self.decoded[id(job)] = [None] * len(job.images)
-                        for i, im in enumerate(job.images):
-                            self.submit(_Task("decode", job, i, self.decode, (im.info, quiet)))
+                        self._start(queue.pop(), quiet)
                     self._fill()
                 if not self.pending:
                     continue
@@ -723,13 +814,32 @@ class _Scheduler:
             return
         self.suspects.extendleft(reversed(tasks))
 
+    def _start(self, job: _Job, quiet: bool) -> None:
+        """Submit a job's first pass: count its slices' values, or decode them."""
+        self.quiet = quiet
+        self.decoded[id(job)] = [None] * len(job.images)
+        for i, im in enumerate(job.images):
+            if job.stream is not None:
+                args: tuple[Any, ...] = (
+                    str(im.info.path),
+                    im.info.sop_instance_uid,
+                    job.stream,
+                    quiet,
+                )
+                self.submit(_Task("decode", job, i, _count_task, args))
+            else:
+                self.submit(_Task("decode", job, i, self.decode, (im.info, quiet)))
+
     def _done(self, task: _Task, outcome: Any) -> None:
         job, i = task.job, task.index
         if task.kind == "decode":
             self.decoded[id(job)][i] = outcome
             if all(d is not None for d in self.decoded[id(job)]):
                 submitted = self.make_write(job, self.decoded.pop(id(job)), self.submit)
-                if submitted:
+                if submitted < 0:  # slice-wise was not possible: decode it as a volume
+                    job.stream = None
+                    self._start(job, self.quiet)
+                elif submitted:
                     self.writes_left[id(job)] = submitted
             return
         result = job.results[i]
@@ -808,4 +918,116 @@ def _equalize_job(
         submitted += 1
     for im in images:
         im.release()
+    return submitted
+
+
+def _stream_job(
+    job: _Job,
+    outcomes: list[tuple[Any, str | None]],
+    submit: Callable[[_Task], None],
+    settings: _Settings,
+    settle: Callable[[FileResult], None],
+    quiet: bool,
+) -> int:
+    """Equalize a series from its slices' value counts; submit the slice-wise writes.
+
+    The result is what :func:`medeq.enhance` gives for the volume (the same VOI plan and
+    span, :func:`medeq.core.value_mapping` for the mapping, :func:`medeq.enhance.describe`
+    for the record). Returns how many writes were submitted, or -1 when the series has to
+    be equalized as a volume after all (values that are not integers, a flat histogram).
+    """
+    if any(result == "volume" for result, _ in outcomes):
+        return -1
+    good: list[int] = []
+    for i, (_, error) in enumerate(outcomes):
+        if error is not None:
+            job.results[i].status, job.results[i].error = "failed", error
+            job.results[i].outputs = []
+            settle(job.results[i])
+        else:
+            good.append(i)
+    if not good:
+        return 0
+    images = [job.images[i] for i in good]
+    options = settings.enhance
+    try:
+        plan = voi_plan(images, options["window"])
+        if plan.sigmoid is not None:
+            return -1
+        ranges = [outcomes[i][0] for i in good]
+        span = plan.span(
+            images, True, float(min(r[0] for r in ranges)), float(max(r[1] for r in ranges))
+        )
+        inverted = [im.info.photometric == "MONOCHROME1" for im in images]
+        total = int(span.lo + span.hi)
+        entries = []
+        for (lo, hi, counts), inv in zip(ranges, inverted, strict=True):
+            entries.append((total - hi, counts[::-1]) if inv else (lo, counts))
+        first = min(lo for lo, _ in entries)
+        summed = np.zeros(max(lo + c.size for lo, c in entries) - first, np.int64)
+        for lo, counts in entries:
+            summed[lo - first : lo - first + counts.size] += counts
+        bins = core._check_bins(options["bins"])
+        out_levels = core._check_levels(options["levels"]) or default_levels(images)
+        nbins = bins or int(min(max(span.levels, 1), 65536))
+        variant = core._as_variant(options["variant"])
+        mapping = core.value_mapping(first, summed, nbins, (span.lo, span.hi), out_levels, variant)
+        if mapping is None:
+            return -1
+        used = mapping.table[summed > 0]
+        header_options, _, _, series_uid = describe(
+            images,
+            method=Method.GLOBAL,
+            variant=variant,
+            bins=bins,
+            nbins=nbins,
+            value_range=(span.lo, span.hi),
+            voi=span.voi + (", MONOCHROME1 inverted" if any(inverted) else ""),
+            window=options["window"],
+            mask=options["mask"],
+            mask_text="none",
+            levels=options["levels"],
+            out_levels=out_levels,
+            per_slice=False,
+            clip_limit=options["clip_limit"],
+            kernel_size=options["kernel_size"],
+            keep_private=settings.keep_private,
+            value_span=(int(used.min()), int(used.max())),
+        )
+        after = np.bincount(mapping.table, weights=summed, minlength=out_levels)
+        before_q = quality_of(mapping.counts).as_dict()
+        after_q = quality_of(np.rint(after).astype(np.int64)).as_dict()
+    except MedeqError as exc:
+        for i in good:
+            job.results[i].status, job.results[i].error = "failed", str(exc)
+            job.results[i].outputs = []
+            settle(job.results[i])
+        return 0
+    lo_out, hi_out = header_options["value_span"]
+    window = ((lo_out + hi_out + 1) / 2, hi_out - lo_out + 1) if settings.preview else None
+    submitted = 0
+    for i, inv in zip(good, inverted, strict=True):
+        result = job.results[i]
+        result.quality_before, result.quality_after = before_q, after_q
+        result.series_uid_out = series_uid
+        if job.done[i]:
+            result.status = "skipped"
+            settle(result)
+            continue
+        info = job.images[i].info
+        args = (
+            str(info.path),
+            info.sop_instance_uid,
+            plan,
+            (span.lo, span.hi) if inv else None,
+            mapping,
+            header_options,
+            str(job.targets[i]),
+            settings.transfer_syntax,
+            settings.overwrite,
+            window,
+            quiet,
+        )
+        submit(_Task("write", job, i, _stream_write_task, args))
+        submitted += 1
     return submitted
