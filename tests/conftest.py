@@ -6,7 +6,9 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 
 REPO = Path(__file__).resolve().parents[1]
 #: The shared real DICOM files; override with MEDEQ_TEST_DATA.
@@ -26,3 +28,24 @@ def shared_file(name: str) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20261122)
+
+
+def synthetic_series(folder: Path) -> None:
+    """A 4-slice CT series and a 3-image MONOCHROME1 series, slices all different."""
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for name, count, mono1 in (("CT_small.dcm", 4, False), ("MR_small.dcm", 3, True)):
+        template = pydicom.dcmread(get_testdata_file(name))
+        base = template.pixel_array.astype(np.int32)
+        for k in range(count):
+            ds = template.copy()
+            ds.SOPInstanceUID = f"{template.SOPInstanceUID}.{k + 1}"
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.InstanceNumber = k + 1
+            ds.ImagePositionPatient = [0.0, 0.0, float(k)]
+            shifted = base + int(rng.integers(-200, 200)) + rng.integers(0, 30, base.shape)
+            info = np.iinfo(template.pixel_array.dtype)
+            ds.PixelData = np.clip(shifted, info.min, info.max).astype(info.dtype).tobytes()
+            if mono1:
+                ds.PhotometricInterpretation = "MONOCHROME1"
+            ds.save_as(folder / f"{Path(name).stem}_{k}.dcm")

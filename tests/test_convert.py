@@ -12,8 +12,11 @@ import pytest
 from pydicom.data import get_testdata_file
 
 import medeq
-from medeq.convert import FileResult, _decode_task, _Job, _Scheduler
+from medeq._scheduler import Scheduler, Task
+from medeq.convert import FileResult, Job, _decode_task
 from medeq.reader import ImageInfo
+
+from .conftest import synthetic_series
 
 
 def dies_on_second_file(info: ImageInfo, quiet: bool) -> Any:
@@ -30,7 +33,7 @@ def test_a_dying_worker_fails_its_file_and_the_batch_goes_on(tmp_path: Path) -> 
         shutil.copy(get_testdata_file("CT_small.dcm"), path)
         images.append(medeq.read(path))
     jobs = [
-        _Job(
+        Job(
             [im],
             [tmp_path / "out" / Path(str(im.info.path)).name],
             [False],
@@ -41,7 +44,7 @@ def test_a_dying_worker_fails_its_file_and_the_batch_goes_on(tmp_path: Path) -> 
     settled: list[FileResult] = []
     decoded: list[str] = []
 
-    def make_write(job: _Job, arrays: list[Any], submit: Any) -> int:
+    def make_write(job: Job, arrays: list[Any], submit: Any) -> int:
         arr, error = arrays[0]
         result = job.results[0]
         if error:
@@ -53,7 +56,10 @@ def test_a_dying_worker_fails_its_file_and_the_batch_goes_on(tmp_path: Path) -> 
         settled.append(result)
         return 0
 
-    _Scheduler(2, make_write, settled.append, decode=dies_on_second_file).run(jobs, True)
+    def first_pass(job: Job) -> list[Task]:
+        return [Task("decode", job, 0, dies_on_second_file, (job.images[0].info, True))]
+
+    Scheduler(2, first_pass, make_write, settled.append).run(jobs)
     by_name = {Path(r.input).name: r for r in settled}
     assert set(by_name) == {"a.dcm", "b.dcm", "c.dcm"}
     assert by_name["b.dcm"].status == "failed"
@@ -122,7 +128,6 @@ def test_forked_and_spawned_workers_write_what_one_process_writes(
 ) -> None:
     import importlib
 
-    convert_module = importlib.import_module("medeq.convert")
     if start not in __import__("multiprocessing").get_all_start_methods():
         pytest.skip(f"no {start!r} start method on this platform")
     src = tmp_path / "in"
@@ -130,7 +135,7 @@ def test_forked_and_spawned_workers_write_what_one_process_writes(
     for name in ("CT_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "JPEGLSNearLossless_16.dcm"):
         shutil.copy(get_testdata_file(name), src / name)
     one = medeq.convert([src], tmp_path / "one", jobs=1, preview=False)
-    monkeypatch.setattr(convert_module, "_start_method", lambda: start)
+    monkeypatch.setattr(importlib.import_module("medeq._scheduler"), "start_method", lambda: start)
     two = medeq.convert([src], tmp_path / "two", jobs=2, preview=False)
     assert one.totals == two.totals
     assert one.totals["converted"] == 4
@@ -148,42 +153,19 @@ def test_default_jobs_use_fewer_workers_for_small_batches(
 
     convert_module = importlib.import_module("medeq.convert")
     seen: list[int] = []
-    real = convert_module._Scheduler
+    real = convert_module.Scheduler
 
     class Recording(real):  # type: ignore[misc, valid-type]
         def __init__(self, workers: int, *args: Any, **kwargs: Any) -> None:
             seen.append(workers)
             super().__init__(workers, *args, **kwargs)
 
-    monkeypatch.setattr(convert_module, "_Scheduler", Recording)
+    monkeypatch.setattr(convert_module, "Scheduler", Recording)
     monkeypatch.setattr(convert_module.os, "cpu_count", lambda: 8)
     ct = get_testdata_file("CT_small.dcm")
     medeq.convert([ct], tmp_path / "a", preview=False)  # 1 file: in this process
     medeq.convert([ct], tmp_path / "b", jobs=3, preview=False)  # never more than files
     assert seen == [1, 1]
-
-
-def _synthetic_series(folder: Path) -> None:
-    """A 4-slice CT series and a 3-image MONOCHROME1 series, slices all different."""
-    import pydicom
-
-    folder.mkdir()
-    rng = np.random.default_rng(5)
-    for name, count, mono1 in (("CT_small.dcm", 4, False), ("MR_small.dcm", 3, True)):
-        template = pydicom.dcmread(get_testdata_file(name))
-        base = template.pixel_array.astype(np.int32)
-        for k in range(count):
-            ds = template.copy()
-            ds.SOPInstanceUID = f"{template.SOPInstanceUID}.{k + 1}"
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            ds.InstanceNumber = k + 1
-            ds.ImagePositionPatient = [0.0, 0.0, float(k)]
-            shifted = base + int(rng.integers(-200, 200)) + rng.integers(0, 30, base.shape)
-            info = np.iinfo(template.pixel_array.dtype)
-            ds.PixelData = np.clip(shifted, info.min, info.max).astype(info.dtype).tobytes()
-            if mono1:
-                ds.PhotometricInterpretation = "MONOCHROME1"
-            ds.save_as(folder / f"{Path(name).stem}_{k}.dcm")
 
 
 @pytest.mark.parametrize(
@@ -210,7 +192,7 @@ def test_slice_wise_conversion_equals_enhance_of_the_volume(
 
     monkeypatch.setattr(convert_module, "_stream_job", counting)
     src = tmp_path / "in"
-    _synthetic_series(src)
+    synthetic_series(src)
     report = medeq.convert([src], tmp_path / "out", jobs=2, preview=True, **options)
     assert report.exit_code == 0, report.as_dict()
     assert sorted(streamed) == [3, 4]  # both series went slice-wise
@@ -242,7 +224,7 @@ def test_series_that_cannot_go_slice_wise_is_equalized_as_a_volume(tmp_path: Pat
     import pydicom
 
     src = tmp_path / "in"
-    _synthetic_series(src)
+    synthetic_series(src)
     for path in src.glob("CT_small_*.dcm"):
         ds = pydicom.dcmread(path)
         ds.RescaleSlope = "0.5"

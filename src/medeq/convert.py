@@ -11,8 +11,11 @@ script:
 - it refuses to write into an input folder or over an input file, and replaces existing
   outputs only with ``overwrite=True``;
 - a file that fails is reported and the batch goes on;
-- decoding and writing run in ``jobs`` worker processes; one series at a time per worker
-  is held in memory.
+- decoding and writing run in ``jobs`` worker processes. A series that runs in parallel
+  (or is big) is equalized slice-wise: each worker counts its slice's values, this
+  process adds the counts up into one mapping, and each worker maps and writes its slice
+  (:mod:`medeq._slicewise`), so no volume is held in memory. Other series are decoded
+  into one volume here; at most ``jobs`` + 1 of those are in memory at a time.
 """
 
 from __future__ import annotations
@@ -20,13 +23,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +35,11 @@ import pydicom
 from numpy.typing import NDArray
 
 from . import _atomic, _kernels, core
-from .enhance import Method, canonical_parameters, default_levels, describe, enhance, quality_of
-from .errors import DicomError, MedeqError, OutputError, ParameterError
-from .normalize import VoiPlan, WindowSpec, _invert, parse_window, voi_plan
+from ._scheduler import Scheduler, Task, native_stderr_silenced
+from ._slicewise import CountedEqualization, SliceCounts, count_values, equalize_counted
+from .enhance import Method, canonical_parameters, enhance
+from .errors import MedeqError, OutputError, ParameterError
+from .normalize import VoiPlan, WindowSpec, parse_window, voi_plan
 from .reader import DicomImage, ImageInfo, read
 from .series import Series, _make_series, find_dicom_files
 from .writer import TransferSyntax, derive_header, derived_uid, sidecar, write_image
@@ -54,8 +55,6 @@ JIT_WORTH_PIXELS = 1 << 26
 #: images and runs in parallel, or is this many pixels or more; otherwise it is decoded
 #: into one volume here. Slice-wise, no volume is ever held in memory.
 STREAM_MIN_PIXELS = 1 << 26
-#: Slices whose values span this many levels or more are equalized as a volume.
-STREAM_MAX_SPAN = 1 << 20
 #: With the default ``jobs``, one worker process per this many input files (at most one
 #: per core): below about that, a worker's start-up costs more than it saves.
 FILES_PER_WORKER = 32
@@ -141,7 +140,7 @@ class _Settings:
 
 
 @dataclass
-class _Job:
+class Job:
     """One series (or one image) to convert, with where each file goes."""
 
     images: list[DicomImage]
@@ -155,60 +154,14 @@ class _Job:
 # --------------------------------------------------------------------------- workers
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced(enabled: bool) -> Iterator[None]:
-    """Hide what C decoders print on file descriptor 2 (their messages become our errors)."""
-    if not enabled:
-        yield
-        return
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-            try:
-                yield
-            finally:
-                os.dup2(saved, 2)
-    finally:
-        os.close(saved)
-
-
 def _decode_task(info: ImageInfo, quiet: bool) -> tuple[NDArray[Any] | None, str | None]:
     """Decode one file's stored values (its header was read and checked by the scan)."""
     try:
-        with _native_stderr_silenced(quiet):
+        with native_stderr_silenced(quiet):
             image = DicomImage(pydicom.Dataset(), info, Path(str(info.path)))
             return np.array(image.stored), None
     except MedeqError as exc:
         return None, str(exc)
-
-
-def _start_method() -> str:
-    """How to start worker processes: "fork" when that is safe here, else "spawn".
-
-    A forked worker starts at once, with medeq already imported; a spawned one imports it
-    afresh (about half a second of CPU each). Forking is safe only while this process runs
-    no other thread (a thread holding a lock at the fork would leave it held for ever in
-    the child), and it is used on Linux only.
-    """
-    if sys.platform.startswith("linux") and threading.active_count() == 1:
-        return "fork"
-    return "spawn"
-
-
-def _ready() -> None:
-    """A task that does nothing: its end tells that a worker process is up."""
-
-
-def _read_headers(files: list[str]) -> list[DicomImage | str]:
-    """Read the headers of ``files`` (pixels are not decoded); an error becomes its message."""
-    images: list[DicomImage | str] = []
-    for file in files:
-        try:
-            images.append(read(file))
-        except DicomError as exc:
-            images.append(str(exc))
-    return images
 
 
 def _slice_values(path: str, sop_uid: str, plan: VoiPlan) -> tuple[DicomImage, NDArray[Any]]:
@@ -224,34 +177,25 @@ def _slice_values(path: str, sop_uid: str, plan: VoiPlan) -> tuple[DicomImage, N
 
 def _count_task(
     path: str, sop_uid: str, plan: VoiPlan, quiet: bool
-) -> tuple[tuple[int, int, NDArray[np.int64]] | str | None, str | None]:
-    """Decode and normalise one slice; return its value range and value counts.
+) -> tuple[SliceCounts | str | None, str | None]:
+    """Decode and normalise one slice; count its values.
 
-    Returns ``((lo, hi, counts), None)``, or ``("volume", None)`` when the values are not
-    integers in a span small enough to count (the series is then equalized as a volume),
-    or ``(None, error)``.
+    Returns ``(counts, None)``, ``("volume", None)`` when the values cannot be counted
+    (the series is then equalized as a volume), or ``(None, error)``.
     """
     try:
-        with _native_stderr_silenced(quiet):
+        with native_stderr_silenced(quiet):
             _, values = _slice_values(path, sop_uid, plan)
     except MedeqError as exc:
         return None, str(exc)
-    if values.dtype.kind not in "iu":
-        return "volume", None
-    lo, hi = int(values.min()), int(values.max())
-    if hi - lo >= STREAM_MAX_SPAN:
-        return "volume", None
-    counts = np.bincount((values.astype(np.int64) - lo).ravel(), minlength=hi - lo + 1)
-    return (lo, hi, counts.astype(np.int64, copy=False)), None
+    counted = count_values(values)
+    return ("volume" if counted is None else counted), None
 
 
-def _stream_write_task(
+def _counted_write_task(
     path: str,
     sop_uid: str,
-    plan: VoiPlan,
-    invert: tuple[float, float] | None,
-    mapping: core.ValueMapping,
-    header_options: dict[str, Any],
+    counted: CountedEqualization,
     target: str,
     ts: TransferSyntax,
     overwrite: bool,
@@ -260,21 +204,12 @@ def _stream_write_task(
 ) -> tuple[list[str], str | None]:
     """Decode, normalise and map one slice, then write it with its derived header."""
     try:
-        with _native_stderr_silenced(quiet):
-            image, values = _slice_values(path, sop_uid, plan)
-        if invert is not None:
-            values = _invert(values, *invert)
-        written = write_image(
-            derive_header(image, **header_options),
-            mapping.apply(values),
-            Path(target),
-            transfer_syntax=ts,
-            overwrite=overwrite,
-            preview_window=window,
-        )
-        return [str(p) for p in written], None
+        with native_stderr_silenced(quiet):
+            image, values = _slice_values(path, sop_uid, counted.plan)
     except MedeqError as exc:
         return [], str(exc)
+    pixels = counted.map(image, values)
+    return _write_task(image, counted.header_options, pixels, target, ts, overwrite, window)
 
 
 def _write_task(
@@ -298,20 +233,6 @@ def _write_task(
         return [str(p) for p in written], None
     except MedeqError as exc:
         return [], str(exc)
-
-
-class _Inline(Executor):
-    """Runs each task at once in this process (``jobs=1``)."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            future.set_exception(exc)
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-        return future
 
 
 # --------------------------------------------------------------------------- planning
@@ -504,7 +425,24 @@ def convert(
         return report
     settings = _Settings(enhance_options, ts, preview, figure, overwrite, keep_private)
 
-    def make_write(job: _Job, outcomes: list[Any], submit: Callable[[_Task], None]) -> int:
+    def first_pass(job: Job) -> list[Task]:
+        if job.stream is not None:
+            return [
+                Task(
+                    "decode",
+                    job,
+                    i,
+                    _count_task,
+                    (str(im.info.path), im.info.sop_instance_uid, job.stream, quiet_decoders),
+                )
+                for i, im in enumerate(job.images)
+            ]
+        return [
+            Task("decode", job, i, _decode_task, (im.info, quiet_decoders))
+            for i, im in enumerate(job.images)
+        ]
+
+    def second_pass(job: Job, outcomes: list[Any], submit: Callable[[Task], None]) -> int:
         if job.stream is not None:
             return _stream_job(job, outcomes, submit, settings, settle, quiet_decoders)
         return _equalize_job(job, outcomes, submit, settings, settle)
@@ -513,7 +451,7 @@ def convert(
     # files would only cost that, and by default a small batch does not use every core.
     if jobs is None:
         workers = min(workers, max(1, len(pairs) // FILES_PER_WORKER))
-    scheduler = _Scheduler(min(workers, len(pairs)), make_write, settle)
+    scheduler = Scheduler(min(workers, len(pairs)), first_pass, second_pass, settle)
     warm: threading.Thread | None = None
     try:
         headers = scheduler.scan([file for file, _ in pairs])
@@ -538,7 +476,7 @@ def convert(
             if out.exists():
                 _atomic.remove_stale_parts(out)
             with kernels:
-                scheduler.run(jobs_todo, quiet_decoders)
+                scheduler.run(jobs_todo)
     finally:
         scheduler.close()
     if warm is not None:
@@ -547,11 +485,11 @@ def convert(
     return report
 
 
-def _pixels(job: _Job) -> int:
+def _pixels(job: Job) -> int:
     return sum(im.info.rows * im.info.columns * im.info.frames for im in job.images)
 
 
-def _stream_plan(job: _Job, window: WindowSpec) -> VoiPlan | None:
+def _stream_plan(job: Job, window: WindowSpec) -> VoiPlan | None:
     """The VOI plan for equalizing ``job`` slice-wise, or None to decode it as a volume."""
     try:
         plan = voi_plan(job.images, window)
@@ -568,7 +506,7 @@ def _plan(
     overwrite: bool,
     dry_run: bool,
     settle: Callable[[FileResult], None],
-) -> list[_Job]:
+) -> list[Job]:
     groups: dict[str, list[tuple[DicomImage, Path]]] = {}
     taken: set[Path] = set()
     for (file, root), image in zip(pairs, headers, strict=True):
@@ -578,7 +516,7 @@ def _plan(
         target = _target(file, root, out, taken)
         groups.setdefault(image.info.series_instance_uid or str(file), []).append((image, target))
 
-    jobs: list[_Job] = []
+    jobs: list[Job] = []
     for uid, members in groups.items():
         targets = {id(im): t for im, t in members}
         series = _make_series(uid, [im for im, _ in members])
@@ -603,7 +541,7 @@ def _plan(
                 canonical,
                 "series",
             )
-            job = _Job([], [], [], [])
+            job = Job([], [], [], [])
             for im in batch:
                 target = targets[id(im)]
                 expected = derived_uid(im.info.sop_instance_uid, canonical, "instance")
@@ -639,238 +577,20 @@ def _plan(
     return jobs
 
 
-@dataclass
-class _Task:
-    """Work for a worker process, kept so it can be resubmitted after a worker crash."""
-
-    kind: str  # decode or write
-    job: _Job
-    index: int
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
-
-
-class _Scheduler:
-    """Runs decode and write tasks in worker processes; equalizes in this one.
-
-    Each job (series) is decoded in parallel, equalized here once all its files are
-    decoded, then written in parallel. A few jobs are in flight at a time, which bounds
-    memory. A worker that dies (a decoder crash, the OOM killer) breaks the pool: the pool
-    is rebuilt and the tasks that were in flight run again one at a time; the one that
-    kills a worker while running alone fails with that cause, and the batch goes on.
-    """
-
-    def __init__(
-        self,
-        workers: int,
-        make_write: Callable[..., int],
-        settle: Callable[[FileResult], None],
-        decode: Callable[..., Any] = _decode_task,
-    ):
-        self.workers = workers
-        self.decode = decode
-        self.pool = self._new_pool()
-        self.pending: dict[Future[Any], _Task] = {}
-        self.suspects: deque[_Task] = deque()
-        self.backlog: deque[_Task] = deque()
-        self.decoded: dict[int, list[Any]] = {}
-        self.writes_left: dict[int, int] = {}
-        self.make_write = make_write
-        self.settle = settle
-        self.closed = False
-        self.quiet = True
-
-    def _new_pool(self) -> Executor:
-        import multiprocessing
-
-        if self.workers == 1:
-            return _Inline()
-        return ProcessPoolExecutor(
-            self.workers, mp_context=multiprocessing.get_context(_start_method())
-        )
-
-    def submit(self, task: _Task) -> None:
-        if self.suspects:
-            self.suspects.append(task)  # after a crash, tasks run one at a time
-            return
-        self.backlog.append(task)
-        self._fill()
-
-    def _fill(self) -> None:
-        """Hand the pool a few tasks per worker; the rest wait here.
-
-        Waiting on every future of a 500-slice series at once would cost time
-        quadratic in its length; a short queue keeps each wait cheap.
-        """
-        while self.backlog and len(self.pending) < 4 * self.workers:
-            task = self.backlog.popleft()
-            self.pending[self.pool.submit(task.fn, *task.args)] = task
-
-    def run(self, jobs: list[_Job], quiet: bool) -> None:
-        queue = list(reversed(jobs))
-        try:
-            while queue or self.pending or self.suspects or self.backlog:
-                if self.suspects:
-                    if not self.pending:
-                        task = self.suspects.popleft()
-                        self.pending[self.pool.submit(task.fn, *task.args)] = task
-                else:
-                    while queue and len(self.decoded) + len(self.writes_left) <= self.workers:
-                        self._start(queue.pop(), quiet)
-                    self._fill()
-                if not self.pending:
-                    continue
-                finished, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
-                crashed: list[_Task] = []
-                for future in finished:
-                    task = self.pending.pop(future)
-                    try:
-                        outcome = future.result()
-                    except BrokenProcessPool:
-                        crashed.append(task)
-                        continue
-                    self._done(task, outcome)
-                if crashed:
-                    self._recover(crashed)
-        except BaseException:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.closed = True
-            raise
-
-    def close(self) -> None:
-        """Shut the pool down, waiting for its processes (unless a failure already did)."""
-        if not self.closed:
-            self.closed = True
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
-    def scan(self, files: list[Path]) -> list[DicomImage | str]:
-        """Headers of ``files`` (or error messages), read in batches by the workers.
-
-        Until the first worker is up (each imports medeq, which takes half a second),
-        this process reads batches from the front of the list; then it hands the rest to
-        the pool and reads from the back whatever no worker has taken yet (cancelling
-        it in the pool). Reading a header runs no C decoder, so a
-        worker should not die on one; if the pool breaks anyway (the OOM killer), the
-        batches it lost are read here too.
-        """
-        names = [str(f) for f in files]
-        size = max(1, min(32, len(names) // (4 * self.workers)))
-        batches = [names[i : i + size] for i in range(0, len(names), size)]
-        read_here = isinstance(self.pool, _Inline)
-        done: list[list[DicomImage | str] | None] = [None] * len(batches)
-        broken = False
-        try:
-            if read_here:
-                done = [_read_headers(batch) for batch in batches]
-            else:
-                # Until a worker is up, read here from the front.
-                ready = [self.pool.submit(_ready) for _ in range(self.workers)]
-                first = 0
-                while first < len(batches) and not any(r.done() for r in ready):
-                    done[first] = _read_headers(batches[first])
-                    first += 1
-                futures: dict[int, Future[list[DicomImage | str]]] = {
-                    i: self.pool.submit(_read_headers, batches[i])
-                    for i in range(first, len(batches))
-                }
-                # Then from the back, whatever the workers have not taken yet.
-                for i in reversed(range(first, len(batches))):
-                    if futures[i].cancel():
-                        done[i] = _read_headers(batches[i])
-                for i, future in futures.items():
-                    if done[i] is None:
-                        try:
-                            done[i] = future.result()
-                        except BrokenProcessPool:
-                            broken = True
-                            done[i] = _read_headers(batches[i])
-        except BaseException:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.closed = True
-            raise
-        headers = [image for batch in done if batch is not None for image in batch]
-        if broken:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = self._new_pool()
-        return headers
-
-    def _recover(self, crashed: list[_Task]) -> None:
-        """Rebuild the pool; rerun the tasks that were in flight one at a time.
-
-        A task that breaks the pool while it runs alone is the culprit: it fails.
-        """
-        tasks = crashed + list(self.pending.values())
-        self.pending.clear()
-        # The broken pool's processes are gone or being terminated: wait for its
-        # threads, so nothing of it is left to be finalised at some later moment.
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        self.pool = self._new_pool()
-        if len(tasks) == 1:
-            task = tasks[0]
-            path = task.job.images[task.index].info.path
-            what = "decoding" if task.kind == "decode" else "writing"
-            cause = f"{path}: a worker process died while {what} it"
-            self._done(task, (None, cause) if task.kind == "decode" else ([], cause))
-            return
-        self.suspects.extendleft(reversed(tasks))
-
-    def _start(self, job: _Job, quiet: bool) -> None:
-        """Submit a job's first pass: count its slices' values, or decode them."""
-        self.quiet = quiet
-        self.decoded[id(job)] = [None] * len(job.images)
-        for i, im in enumerate(job.images):
-            if job.stream is not None:
-                args: tuple[Any, ...] = (
-                    str(im.info.path),
-                    im.info.sop_instance_uid,
-                    job.stream,
-                    quiet,
-                )
-                self.submit(_Task("decode", job, i, _count_task, args))
-            else:
-                self.submit(_Task("decode", job, i, self.decode, (im.info, quiet)))
-
-    def _done(self, task: _Task, outcome: Any) -> None:
-        job, i = task.job, task.index
-        if task.kind == "decode":
-            self.decoded[id(job)][i] = outcome
-            if all(d is not None for d in self.decoded[id(job)]):
-                submitted = self.make_write(job, self.decoded.pop(id(job)), self.submit)
-                if submitted < 0:  # slice-wise was not possible: decode it as a volume
-                    job.stream = None
-                    self._start(job, self.quiet)
-                elif submitted:
-                    self.writes_left[id(job)] = submitted
-            return
-        result = job.results[i]
-        result.status = "failed" if outcome[1] else "converted"
-        result.error = outcome[1]
-        result.outputs = [] if outcome[1] else outcome[0]
-        self.settle(result)
-        self.writes_left[id(job)] -= 1
-        if self.writes_left[id(job)] == 0:
-            del self.writes_left[id(job)]
-
-
 def _equalize_job(
-    job: _Job,
+    job: Job,
     arrays: list[tuple[NDArray[Any] | None, str | None]],
-    submit: Callable[[_Task], None],
+    submit: Callable[[Task], None],
     settings: _Settings,
     settle: Callable[[FileResult], None],
 ) -> int:
     """Equalize one decoded job in this process and submit its writes; return how many."""
-    good: list[int] = []
-    for i, (arr, error) in enumerate(arrays):
-        if error is not None:
-            job.results[i].status, job.results[i].error = "failed", error
-            job.results[i].outputs = []
-            settle(job.results[i])
-        else:
-            assert arr is not None
-            arr.flags.writeable = False
-            job.images[i]._stored = arr
-            good.append(i)
+    good = _settle_failed(job, [error for _, error in arrays], settle)
+    for i in good:
+        arr = arrays[i][0]
+        assert arr is not None
+        arr.flags.writeable = False
+        job.images[i]._stored = arr
     if not good:
         return 0
     images = [job.images[i] for i in good]
@@ -886,10 +606,7 @@ def _equalize_job(
                 source, derived, sidecar(job.targets[good[0]], ".comparison.png"), overwrite=True
             )
     except MedeqError as exc:
-        for i in good:
-            job.results[i].status, job.results[i].error = "failed", str(exc)
-            job.results[i].outputs = []
-            settle(job.results[i])
+        _settle_failed(job, [str(exc)] * len(good), settle, good)
         return 0
     window = derived.window() if settings.preview else None
     submitted = 0
@@ -914,7 +631,7 @@ def _equalize_job(
             settings.overwrite,
             window,
         )
-        submit(_Task("write", job, i, _write_task, args))
+        submit(Task("write", job, i, _write_task, args))
         submitted += 1
     for im in images:
         im.release()
@@ -922,94 +639,52 @@ def _equalize_job(
 
 
 def _stream_job(
-    job: _Job,
+    job: Job,
     outcomes: list[tuple[Any, str | None]],
-    submit: Callable[[_Task], None],
+    submit: Callable[[Task], None],
     settings: _Settings,
     settle: Callable[[FileResult], None],
     quiet: bool,
 ) -> int:
     """Equalize a series from its slices' value counts; submit the slice-wise writes.
 
-    The result is what :func:`medeq.enhance` gives for the volume (the same VOI plan and
-    span, :func:`medeq.core.value_mapping` for the mapping, :func:`medeq.enhance.describe`
-    for the record). Returns how many writes were submitted, or -1 when the series has to
-    be equalized as a volume after all (values that are not integers, a flat histogram).
+    The result equals :func:`medeq.enhance` of the volume (see :mod:`medeq._slicewise`).
+    Returns how many writes were submitted, or -1 when the series has to be equalized as
+    a volume after all (values that are not integers, a single non-empty bin).
     """
-    if any(result == "volume" for result, _ in outcomes):
+    plan = job.stream
+    assert plan is not None
+    if any(counted == "volume" for counted, _ in outcomes):
+        job.stream = None
         return -1
-    good: list[int] = []
-    for i, (_, error) in enumerate(outcomes):
-        if error is not None:
-            job.results[i].status, job.results[i].error = "failed", error
-            job.results[i].outputs = []
-            settle(job.results[i])
-        else:
-            good.append(i)
+    good = _settle_failed(job, [error for _, error in outcomes], settle)
     if not good:
         return 0
-    images = [job.images[i] for i in good]
     options = settings.enhance
     try:
-        plan = voi_plan(images, options["window"])
-        if plan.sigmoid is not None:
-            return -1
-        ranges = [outcomes[i][0] for i in good]
-        span = plan.span(
-            images, True, float(min(r[0] for r in ranges)), float(max(r[1] for r in ranges))
-        )
-        inverted = [im.info.photometric == "MONOCHROME1" for im in images]
-        total = int(span.lo + span.hi)
-        entries = []
-        for (lo, hi, counts), inv in zip(ranges, inverted, strict=True):
-            entries.append((total - hi, counts[::-1]) if inv else (lo, counts))
-        first = min(lo for lo, _ in entries)
-        summed = np.zeros(max(lo + c.size for lo, c in entries) - first, np.int64)
-        for lo, counts in entries:
-            summed[lo - first : lo - first + counts.size] += counts
-        bins = core._check_bins(options["bins"])
-        out_levels = core._check_levels(options["levels"]) or default_levels(images)
-        nbins = bins or int(min(max(span.levels, 1), 65536))
-        variant = core._as_variant(options["variant"])
-        mapping = core.value_mapping(first, summed, nbins, (span.lo, span.hi), out_levels, variant)
-        if mapping is None:
-            return -1
-        used = mapping.table[summed > 0]
-        header_options, _, _, series_uid = describe(
-            images,
-            method=Method.GLOBAL,
-            variant=variant,
-            bins=bins,
-            nbins=nbins,
-            value_range=(span.lo, span.hi),
-            voi=span.voi + (", MONOCHROME1 inverted" if any(inverted) else ""),
+        counted = equalize_counted(
+            [job.images[i] for i in good],
+            plan,
+            [outcomes[i][0] for i in good],
+            bins=options["bins"],
             window=options["window"],
-            mask=options["mask"],
-            mask_text="none",
             levels=options["levels"],
-            out_levels=out_levels,
-            per_slice=False,
-            clip_limit=options["clip_limit"],
-            kernel_size=options["kernel_size"],
+            variant=options["variant"],
             keep_private=settings.keep_private,
-            value_span=(int(used.min()), int(used.max())),
         )
-        after = np.bincount(mapping.table, weights=summed, minlength=out_levels)
-        before_q = quality_of(mapping.counts).as_dict()
-        after_q = quality_of(np.rint(after).astype(np.int64)).as_dict()
     except MedeqError as exc:
-        for i in good:
-            job.results[i].status, job.results[i].error = "failed", str(exc)
-            job.results[i].outputs = []
-            settle(job.results[i])
+        _settle_failed(job, [str(exc)] * len(good), settle, good)
         return 0
-    lo_out, hi_out = header_options["value_span"]
-    window = ((lo_out + hi_out + 1) / 2, hi_out - lo_out + 1) if settings.preview else None
+    if counted is None:
+        job.stream = None
+        return -1
+    window = counted.window() if settings.preview else None
     submitted = 0
-    for i, inv in zip(good, inverted, strict=True):
+    for i in good:
         result = job.results[i]
-        result.quality_before, result.quality_after = before_q, after_q
-        result.series_uid_out = series_uid
+        result.quality_before = counted.before.as_dict()
+        result.quality_after = counted.after.as_dict()
+        result.series_uid_out = counted.series_uid
         if job.done[i]:
             result.status = "skipped"
             settle(result)
@@ -1018,16 +693,31 @@ def _stream_job(
         args = (
             str(info.path),
             info.sop_instance_uid,
-            plan,
-            (span.lo, span.hi) if inv else None,
-            mapping,
-            header_options,
+            counted,
             str(job.targets[i]),
             settings.transfer_syntax,
             settings.overwrite,
             window,
             quiet,
         )
-        submit(_Task("write", job, i, _stream_write_task, args))
+        submit(Task("write", job, i, _counted_write_task, args))
         submitted += 1
     return submitted
+
+
+def _settle_failed(
+    job: Job,
+    errors: list[str | None],
+    settle: Callable[[FileResult], None],
+    indices: list[int] | None = None,
+) -> list[int]:
+    """Settle the files of ``job`` that have an error; return the indices of the others."""
+    good: list[int] = []
+    for i, error in zip(indices or range(len(errors)), errors, strict=True):
+        if error is None:
+            good.append(i)
+            continue
+        result = job.results[i]
+        result.status, result.error, result.outputs = "failed", error, []
+        settle(result)
+    return good

@@ -306,7 +306,7 @@ def _float_levels(lo: float, hi: float, images: Sequence[DicomImage]) -> int:
     return math.floor((hi - lo) / slope + 1e-9) + 1
 
 
-def _invert(arr: NDArray[Any], lo: float, hi: float) -> NDArray[Any]:
+def invert_values(arr: NDArray[Any], lo: float, hi: float) -> NDArray[Any]:
     """Mirror values about the middle of [lo, hi]: lo <-> hi, keeping the dtype when it fits."""
     if arr.dtype.kind == "f":
         return (lo + hi - arr.astype(np.float64)).astype(np.float32)
@@ -382,7 +382,7 @@ def normalize(
         n = part.shape[0]
         chunk = array[start : start + n]
         if im.info.photometric == "MONOCHROME1":
-            chunk = _invert(chunk, lo, hi)
+            chunk = invert_values(chunk, lo, hi)
             inverted = True
         parts_inv.append(chunk)
         start += n

@@ -1,0 +1,298 @@
+"""Worker processes for :func:`medeq.convert`: the pool, its queue, and crash recovery.
+
+A conversion runs each job (a series, or one image) in two passes of tasks:
+
+1. a first pass per file (decode its pixels, or count its normalised values);
+2. once every first-pass task of the job is back, this process decides the mapping and
+   submits a second pass (write each file).
+
+:class:`Scheduler` keeps a few jobs in flight (which bounds memory), hands the pool a
+short queue, and survives workers that die: see its docstring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import DicomError
+from .reader import DicomImage, read
+
+if TYPE_CHECKING:
+    from .convert import FileResult, Job
+
+__all__ = ["Inline", "Scheduler", "Task", "native_stderr_silenced", "read_headers", "start_method"]
+
+
+@contextlib.contextmanager
+def native_stderr_silenced(enabled: bool) -> Iterator[None]:
+    """Hide what C decoders print on file descriptor 2 (their messages become our errors)."""
+    if not enabled:
+        yield
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+def start_method() -> str:
+    """How to start worker processes: "fork" when that is safe here, else "spawn".
+
+    A forked worker starts at once, with medeq already imported; a spawned one imports it
+    afresh (about half a second of CPU each). Forking is safe only while this process runs
+    no other thread (a thread holding a lock at the fork would leave it held for ever in
+    the child), and it is used on Linux only.
+    """
+    if sys.platform.startswith("linux") and threading.active_count() == 1:
+        return "fork"
+    return "spawn"
+
+
+def _ready() -> None:
+    """A task that does nothing: its end tells that a worker process is up."""
+
+
+def read_headers(files: list[str]) -> list[DicomImage | str]:
+    """Read the headers of ``files`` (pixels are not decoded); an error becomes its message."""
+    images: list[DicomImage | str] = []
+    for file in files:
+        try:
+            images.append(read(file))
+        except DicomError as exc:
+            images.append(str(exc))
+    return images
+
+
+class Inline(Executor):
+    """Runs each task at once in this process (``jobs=1``)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+        return future
+
+
+@dataclass
+class Task:
+    """Work for a worker process, kept so it can be resubmitted after a worker crash."""
+
+    kind: str  # decode or write
+    job: Job
+    index: int
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+
+
+class Scheduler:
+    """Runs each job's two passes of tasks in worker processes (or in this one).
+
+    ``first_pass(job)`` gives a job's first tasks (one per file, kind "decode"); when all
+    are back, ``second_pass(job, outcomes, submit)`` decides the job here, submits its
+    write tasks and returns how many (or -1 to run the first pass again, which
+    ``first_pass`` may then plan differently). A write task returns ``(outputs, error)``,
+    which settles the file's result. A few jobs are in flight at a time, which bounds
+    memory. A worker that dies (a decoder crash, the OOM killer) breaks the pool: the pool
+    is rebuilt and the tasks that were in flight run again one at a time; the one that
+    kills a worker while running alone fails with that cause, and the batch goes on.
+    A first-pass task that does so gets the outcome ``(None, cause)``.
+    """
+
+    def __init__(
+        self,
+        workers: int,
+        first_pass: Callable[[Job], list[Task]],
+        second_pass: Callable[[Job, list[Any], Callable[[Task], None]], int],
+        settle: Callable[[FileResult], None],
+    ):
+        self.workers = workers
+        self.first_pass = first_pass
+        self.second_pass = second_pass
+        self.settle = settle
+        self.pool = self._new_pool()
+        self.pending: dict[Future[Any], Task] = {}
+        self.suspects: deque[Task] = deque()
+        self.backlog: deque[Task] = deque()
+        self.decoded: dict[int, list[Any]] = {}
+        self.writes_left: dict[int, int] = {}
+        self.closed = False
+
+    def _new_pool(self) -> Executor:
+        import multiprocessing
+
+        if self.workers == 1:
+            return Inline()
+        return ProcessPoolExecutor(
+            self.workers, mp_context=multiprocessing.get_context(start_method())
+        )
+
+    def submit(self, task: Task) -> None:
+        if self.suspects:
+            self.suspects.append(task)  # after a crash, tasks run one at a time
+            return
+        self.backlog.append(task)
+        self._fill()
+
+    def _fill(self) -> None:
+        """Hand the pool a few tasks per worker; the rest wait here.
+
+        Waiting on every future of a 500-slice series at once would cost time
+        quadratic in its length; a short queue keeps each wait cheap.
+        """
+        while self.backlog and len(self.pending) < 4 * self.workers:
+            task = self.backlog.popleft()
+            self.pending[self.pool.submit(task.fn, *task.args)] = task
+
+    def run(self, jobs: list[Job]) -> None:
+        queue = list(reversed(jobs))
+        try:
+            while queue or self.pending or self.suspects or self.backlog:
+                if self.suspects:
+                    if not self.pending:
+                        task = self.suspects.popleft()
+                        self.pending[self.pool.submit(task.fn, *task.args)] = task
+                else:
+                    while queue and len(self.decoded) + len(self.writes_left) <= self.workers:
+                        self._start(queue.pop())
+                    self._fill()
+                if not self.pending:
+                    continue
+                finished, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
+                crashed: list[Task] = []
+                for future in finished:
+                    task = self.pending.pop(future)
+                    try:
+                        outcome = future.result()
+                    except BrokenProcessPool:
+                        crashed.append(task)
+                        continue
+                    self._done(task, outcome)
+                if crashed:
+                    self._recover(crashed)
+        except BaseException:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.closed = True
+            raise
+
+    def close(self) -> None:
+        """Shut the pool down, waiting for its processes (unless a failure already did)."""
+        if not self.closed:
+            self.closed = True
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def scan(self, files: list[Path]) -> list[DicomImage | str]:
+        """Headers of ``files`` (or error messages), read in batches by the workers.
+
+        Until the first worker is up (each imports medeq, which takes half a second),
+        this process reads batches from the front of the list; then it hands the rest to
+        the pool and reads from the back whatever no worker has taken yet (cancelling
+        it in the pool). Reading a header runs no C decoder, so a
+        worker should not die on one; if the pool breaks anyway (the OOM killer), the
+        batches it lost are read here too.
+        """
+        names = [str(f) for f in files]
+        size = max(1, min(32, len(names) // (4 * self.workers)))
+        batches = [names[i : i + size] for i in range(0, len(names), size)]
+        read_here = isinstance(self.pool, Inline)
+        done: list[list[DicomImage | str] | None] = [None] * len(batches)
+        broken = False
+        try:
+            if read_here:
+                done = [read_headers(batch) for batch in batches]
+            else:
+                # Until a worker is up, read here from the front.
+                ready = [self.pool.submit(_ready) for _ in range(self.workers)]
+                first = 0
+                while first < len(batches) and not any(r.done() for r in ready):
+                    done[first] = read_headers(batches[first])
+                    first += 1
+                futures: dict[int, Future[list[DicomImage | str]]] = {
+                    i: self.pool.submit(read_headers, batches[i])
+                    for i in range(first, len(batches))
+                }
+                # Then from the back, whatever the workers have not taken yet.
+                for i in reversed(range(first, len(batches))):
+                    if futures[i].cancel():
+                        done[i] = read_headers(batches[i])
+                for i, future in futures.items():
+                    if done[i] is None:
+                        try:
+                            done[i] = future.result()
+                        except BrokenProcessPool:
+                            broken = True
+                            done[i] = read_headers(batches[i])
+        except BaseException:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.closed = True
+            raise
+        headers = [image for batch in done if batch is not None for image in batch]
+        if broken:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = self._new_pool()
+        return headers
+
+    def _recover(self, crashed: list[Task]) -> None:
+        """Rebuild the pool; rerun the tasks that were in flight one at a time.
+
+        A task that breaks the pool while it runs alone is the culprit: it fails.
+        """
+        tasks = crashed + list(self.pending.values())
+        self.pending.clear()
+        # The broken pool's processes are gone or being terminated: wait for its
+        # threads, so nothing of it is left to be finalised at some later moment.
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool = self._new_pool()
+        if len(tasks) == 1:
+            task = tasks[0]
+            path = task.job.images[task.index].info.path
+            what = "decoding" if task.kind == "decode" else "writing"
+            cause = f"{path}: a worker process died while {what} it"
+            self._done(task, (None, cause) if task.kind == "decode" else ([], cause))
+            return
+        self.suspects.extendleft(reversed(tasks))
+
+    def _start(self, job: Job) -> None:
+        """Submit a job's first pass."""
+        self.decoded[id(job)] = [None] * len(job.images)
+        for task in self.first_pass(job):
+            self.submit(task)
+
+    def _done(self, task: Task, outcome: Any) -> None:
+        job, i = task.job, task.index
+        if task.kind == "decode":
+            self.decoded[id(job)][i] = outcome
+            if all(d is not None for d in self.decoded[id(job)]):
+                submitted = self.second_pass(job, self.decoded.pop(id(job)), self.submit)
+                if submitted < 0:
+                    self._start(job)
+                elif submitted:
+                    self.writes_left[id(job)] = submitted
+            return
+        result = job.results[i]
+        result.status = "failed" if outcome[1] else "converted"
+        result.error = outcome[1]
+        result.outputs = [] if outcome[1] else outcome[0]
+        self.settle(result)
+        self.writes_left[id(job)] -= 1
+        if self.writes_left[id(job)] == 0:
+            del self.writes_left[id(job)]

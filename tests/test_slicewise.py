@@ -1,0 +1,109 @@
+"""Slice-wise global equalization from value counts equals enhance() of the volume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import medeq
+from medeq._slicewise import MAX_SPAN, count_values, equalize_counted
+from medeq.normalize import voi_plan
+
+from .conftest import SHARED_DICOM, synthetic_series
+
+
+def _counted(series: medeq.Series, **options: Any) -> Any:
+    window = options.get("window", "auto")
+    plan = voi_plan(series.images, window)
+    counts = []
+    for image in series.images:
+        c = count_values(plan.values(image))
+        assert c is not None
+        counts.append(c)
+    return plan, equalize_counted(series.images, plan, counts, **options)
+
+
+def _assert_same_as_enhance(series: medeq.Series, **options: Any) -> None:
+    plan, counted = _counted(series, **options)
+    assert counted is not None
+    derived = medeq.enhance(series, **options)
+    for n, image in enumerate(series.images):
+        np.testing.assert_array_equal(
+            counted.map(image, plan.values(image)), derived.image_pixels(n), err_msg=image.name
+        )
+    assert counted.header_options == derived.header_options
+    assert counted.series_uid == derived.series_uid
+    assert counted.before == derived.before
+    assert counted.after == derived.after
+    assert counted.window() == derived.window()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"window": "none"},
+        {"window": "none", "bins": 7},
+        {"variant": "seed", "levels": 256},
+        {"window": (40.0, 400.0), "bins": 100, "levels": 4096},
+        {"window": "-100,50", "variant": "seed"},
+    ],
+)
+def test_counted_equalization_equals_enhance(tmp_path: Path, options: dict[str, Any]) -> None:
+    synthetic_series(tmp_path / "in")
+    series_list = medeq.read_series(tmp_path / "in")
+    assert sorted(len(s.images) for s in series_list) == [3, 4]
+    inverted = [s for s in series_list if s.images[0].info.photometric == "MONOCHROME1"]
+    assert len(inverted) == 1  # MONOCHROME1 is mirrored before its counts are added up
+    for series in series_list:
+        _assert_same_as_enhance(series, **options)
+
+
+def test_real_ct_series_counted_equal_enhance() -> None:
+    if not SHARED_DICOM.is_dir():
+        pytest.skip(f"shared DICOM folder {SHARED_DICOM} is absent (set MEDEQ_TEST_DATA)")
+    (series,) = medeq.read_series(sorted(SHARED_DICOM.glob("dcmqi__ct-3slice_*.dcm")))
+    assert len(series.images) == 3
+    _assert_same_as_enhance(series)
+    _assert_same_as_enhance(series, window="none", bins=256)
+    _assert_same_as_enhance(series, window="lung", levels=256, variant="seed")
+
+
+def test_fractional_modality_values_are_not_counted() -> None:
+    """The 11-slice MR has a fractional (0028,1053) Rescale Slope: equalized as a volume."""
+    if not SHARED_DICOM.is_dir():
+        pytest.skip(f"shared DICOM folder {SHARED_DICOM} is absent (set MEDEQ_TEST_DATA)")
+    (series,) = medeq.read_series(sorted(SHARED_DICOM.glob("fodicom__abd1_*.dcm")))
+    plan = voi_plan(series.images)
+    assert count_values(plan.values(series.images[0])) is None
+
+
+def test_count_values_refuses_what_it_cannot_count() -> None:
+    assert count_values(np.zeros((2, 3), np.float32)) is None
+    assert count_values(np.array([[0, MAX_SPAN]], np.int32)) is None
+    counted = count_values(np.array([[-3, -3], [0, 2]], np.int16))
+    assert counted is not None
+    assert (counted.lo, counted.hi) == (-3, 2)
+    assert counted.counts.tolist() == [2, 0, 0, 1, 0, 1]
+
+
+def test_constant_series_is_left_to_the_volume_path(tmp_path: Path) -> None:
+    """A single non-empty bin: equalize() keeps the image; that depends on the dtype."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    for k in range(2):
+        ds = template.copy()
+        ds.SOPInstanceUID = f"{template.SOPInstanceUID}.{k + 1}"
+        ds.ImagePositionPatient = [0.0, 0.0, float(k)]
+        ds.PixelData = np.full_like(template.pixel_array, 100).tobytes()
+        ds.save_as(folder / f"{k}.dcm")
+    (series,) = medeq.read_series(folder)
+    _, counted = _counted(series, window="none")
+    assert counted is None
