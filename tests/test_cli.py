@@ -224,6 +224,34 @@ def test_info_and_plot(tmp_path: Path) -> None:
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_info_fails_a_header_that_ends_early_and_describes_the_others() -> None:
+    script = Path(sys.executable).parent / "medeq"
+    if not script.exists():
+        pytest.skip("console script not installed (run pip install -e .)")
+    cut = shared_file("derived__CT1_UNC_truncated_in_header.dcm")
+    ct, palette = get_testdata_file("CT_small.dcm"), shared_file("pydicom__examples_palette.dcm")
+    for extra in ([], ["--json"]):
+        run = subprocess.run(
+            [str(script), "info", ct, str(cut), str(palette), *extra],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert run.returncode == 1, run.stderr
+        assert run.stderr.splitlines() == [
+            f"medeq: error: {cut}: header ends early: CT Image Storage object without "
+            "(0028,0010) Rows / (0028,0011) Columns (truncated file?)"
+        ]
+        if extra:
+            records = json.loads(run.stdout)
+            assert [r["path"] for r in records] == [ct, str(palette)]
+        else:
+            assert "0 x 0" not in run.stdout
+            assert ct in run.stdout and "PALETTE COLOR" in run.stdout
+            assert str(cut) not in run.stdout
+
+
 def test_console_script_and_sample(tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "medeq"
     if not script.exists():

@@ -50,6 +50,22 @@ def test_linear_window_bounds_follow_the_standard() -> None:
     )
 
 
+def test_linear_exact_window_bounds_follow_the_standard() -> None:
+    # PS3.3 C.11.2.1.3.2: x <= c - w/2 -> min; x > c + w/2 -> max. For 40/401 in HU:
+    # -160.5 and 240.5, so -161 is the last level at the minimum and 241 the first at the
+    # maximum (LINEAR would give -161 and 240: the two functions differ by half a level).
+    import pydicom
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = 40, 401, "LINEAR_EXACT"
+    norm = medeq.normalize(medeq.read(ds))
+    assert norm.window is not None and norm.window.function == "LINEAR_EXACT"
+    assert norm.value_range == (-161, 241)
+    assert norm.levels == 241 - (-161) + 1
+    ds.VOILUTFunction = "LINEAR"
+    assert medeq.normalize(medeq.read(ds)).value_range == (-161, 240)
+
+
 @pytest.mark.parametrize("spec", [(40, 400), [40, 400], "40,400", " 40 / 400 ", (40.0, 400.0)])
 def test_explicit_window_spellings(ct: medeq.DicomImage, spec: object) -> None:
     assert medeq.normalize(ct, window=spec).value_range == (-160, 240)  # type: ignore[arg-type]

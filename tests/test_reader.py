@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -314,3 +315,83 @@ def test_truncated_pixel_data_from_pydicom_bundle(tmp_path: Path) -> None:
     path.write_bytes(data[: len(data) - 5000])
     with pytest.raises(CorruptPixelDataError, match=r"Pixel Data.*less than expected"):
         _ = medeq.read(path).stored
+
+
+def test_pixel_data_longer_than_the_header_says(tmp_path: Path) -> None:
+    # One column short: pydicom would take the extra 256 bytes for padding and shear the image.
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.Columns = 127
+    path = tmp_path / "cols127.dcm"
+    ds.save_as(path)
+    message = (
+        f"{path}: (7FE0,0010) Pixel Data is longer than the header says: (0028,0010) Rows 128 "
+        "x (0028,0011) Columns 127 x (0028,0008) Number of Frames 1 x (0028,0100) Bits "
+        "Allocated 16 / 8 = 32512 bytes expected, but it holds 32768 bytes"
+    )
+    with pytest.raises(CorruptPixelDataError, match=f"^{re.escape(message)}$"):
+        _ = medeq.read(path).stored
+    with pytest.raises(CorruptPixelDataError, match=r"^<memory>: .* holds 32768 bytes$"):
+        _ = medeq.read(io.BytesIO(path.read_bytes())).stored
+
+
+@pytest.mark.parametrize(("extra", "ok"), [(b"", True), (b"\0\0\0", False)])
+def test_only_the_even_length_pad_may_follow_native_pixels(
+    tmp_path: Path, extra: bytes, ok: bool
+) -> None:
+    # 3 x 3 8-bit pixels are 9 bytes: the one byte pydicom adds to make it even is allowed.
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.Rows = ds.Columns = 3
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = bytes(range(1, 10)) + extra
+    path = tmp_path / "odd.dcm"
+    ds.save_as(path)
+    assert len(pydicom.dcmread(path).PixelData) == (10 if ok else 12)
+    if ok:
+        np.testing.assert_array_equal(medeq.read(path).stored.ravel(), np.arange(1, 10))
+        return
+    with pytest.raises(
+        CorruptPixelDataError, match=r"9 bytes expected, 10 with the padding .* holds 12 bytes$"
+    ):
+        _ = medeq.read(path).stored
+
+
+def test_file_object_errors_name_the_file(tmp_path: Path) -> None:
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    path = tmp_path / "short.dcm"
+    path.write_bytes(data[: len(data) - 5000])
+    with open(path, "rb") as f:
+        image = medeq.read(f)
+    assert image.info.path == str(path)
+    with pytest.raises(CorruptPixelDataError, match=rf"^{re.escape(str(path))}: \S"):
+        medeq.normalize(image)
+    with pytest.raises(CorruptPixelDataError, match=r"^<memory>: \S"):
+        medeq.normalize(medeq.read(io.BytesIO(path.read_bytes())))
+
+
+def test_header_that_ends_before_rows_is_refused_by_read_info_too(tmp_path: Path) -> None:
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    path = tmp_path / "cut.dcm"
+    path.write_bytes(data[: data.index(b"\x28\x00\x10\x00US")])  # (0028,0010) Rows, explicit VR
+    match = rf"^{re.escape(str(path))}: header ends early: CT Image Storage object without"
+    with pytest.raises(NotDicomError, match=match):
+        medeq.read_info(path)
+    with pytest.raises(NotDicomError, match=match):
+        medeq.read(path)
+    # Objects that have no pixels at all are still described.
+    assert medeq.read_info(get_testdata_file("rtstruct.dcm")).rows == 0
+
+
+def test_undecodable_codestream_lists_each_decoder() -> None:
+    path = shared_file("pydicom__JPEG2000-embedded-sequence-delimiter.dcm")
+    with pytest.raises(CorruptPixelDataError) as caught:
+        _ = medeq.read(path).stored
+    message = str(caught.value)
+    assert "\n" not in message
+    assert re.fullmatch(
+        rf"{re.escape(str(path))}: cannot decode \(7FE0,0010\) Pixel Data \(JPEG 2000 Image "
+        r"Compression\): the codestream could not be decoded by any installed decoder"
+        r"( \[[\w-]+: .+\])+",
+        message,
+    ), message

@@ -10,7 +10,7 @@ plain ``except ValueError`` keeps working::
      ├── DicomError(ValueError)              a DICOM input medeq cannot use
      │    ├── NotDicomError                  not DICOM at all (empty, text, truncated header)
      │    ├── UnsupportedImageError          valid DICOM, but not a grey-scale image medeq takes
-     │    └── CorruptPixelDataError          pixel data missing, short, or undecodable
+     │    └── CorruptPixelDataError          pixel data missing, short, too long, or undecodable
      ├── SeriesError(ValueError)             slices that do not form one volume
      └── OutputError(OSError)                an output that cannot or may not be written
 
@@ -53,7 +53,7 @@ class UnsupportedImageError(DicomError):
 
 
 class CorruptPixelDataError(DicomError):
-    """Pixel data that is missing, shorter than the header says, or cannot be decoded."""
+    """Pixel data that is missing, shorter or longer than the header says, or undecodable."""
 
 
 class SeriesError(MedeqError, ValueError):

@@ -198,7 +198,8 @@ def read(source: Source) -> DicomImage:
     ----------
     source : str, os.PathLike, binary file object or pydicom.dataset.Dataset
         The file. Files without a preamble or file meta header are read too (their
-        transfer syntax is inferred).
+        transfer syntax is inferred). A file object's ``name``, when it has one, becomes
+        ``info.path`` and names the file in error messages.
 
     Returns
     -------
@@ -214,17 +215,36 @@ def read(source: Source) -> DicomImage:
     """
     header, src, path, inferred = _read_header(source)
     info = _info(header, path, inferred)
+    _check_complete(header, info)
     _check_grey(header, info)
     return DicomImage(header, info, src)
 
 
 def read_info(source: Source) -> ImageInfo:
-    """Read only the header's :class:`ImageInfo`, for any image, colour included."""
+    """Read only the header's :class:`ImageInfo`, for any image, colour included.
+
+    Parameters
+    ----------
+    source : str, os.PathLike, binary file object or pydicom.dataset.Dataset
+        The file, as for :func:`read`.
+
+    Returns
+    -------
+    ImageInfo
+
+    Raises
+    ------
+    NotDicomError
+        Missing, empty, not DICOM, or a header that ends early (as :func:`read`).
+    """
     header, _, path, inferred = _read_header(source)
-    return _info(header, path, inferred)
+    info = _info(header, path, inferred)
+    _check_complete(header, info)
+    return info
 
 
 def _read_header(source: Source) -> tuple[Dataset, bytes | Path | Dataset, str | None, bool]:
+    """The header, what to decode pixels from later, the file name (if any), 'ts inferred'."""
     if isinstance(source, Dataset):
         path = str(source.filename) if isinstance(source.get("filename"), str) else None
         ts = _file_meta(source).get("TransferSyntaxUID")
@@ -238,24 +258,33 @@ def _read_header(source: Source) -> tuple[Dataset, bytes | Path | Dataset, str |
             raise NotDicomError(f"{name}: is a folder, not a DICOM file (use read_series)")
         if p.stat().st_size == 0:
             raise NotDicomError(f"{name}: empty file (0 bytes)")
-        src: bytes | Path = p
-        opener: Any = p
-    elif hasattr(source, "read"):
+        header, inferred = _parse(p, name, stop_before_pixels=True)
+        return header, p, name, inferred
+    if hasattr(source, "read"):
         data = source.read()
+        path = _file_object_path(source)
+        name = path or "<memory>"
         if not isinstance(data, bytes):
-            raise NotDicomError("file object was opened in text mode; open it with 'rb'")
-        name = str(getattr(source, "name", "<memory>"))
+            raise NotDicomError(f"{name}: file object was opened in text mode; open it with 'rb'")
         if not data:
             raise NotDicomError(f"{name}: empty file (0 bytes)")
-        src = data
-        opener = io.BytesIO(data)
-    else:
-        raise NotDicomError(
-            f"cannot read {type(source).__name__!r}: give a path, a binary file object "
-            "or a pydicom Dataset"
-        )
-    header, inferred = _parse(opener, name, stop_before_pixels=True)
-    return header, src, (name if isinstance(src, Path) else None), inferred
+        header, inferred = _parse(io.BytesIO(data), name, stop_before_pixels=True)
+        return header, data, path, inferred
+    raise NotDicomError(
+        f"cannot read {type(source).__name__!r}: give a path, a binary file object "
+        "or a pydicom Dataset"
+    )
+
+
+def _file_object_path(source: Any) -> str | None:
+    """The file name of an opened file (its ``name``), or None for in-memory buffers.
+
+    ``open(fd)`` gives an int ``name`` and BytesIO has none: neither names a file.
+    """
+    name = getattr(source, "name", None)
+    if isinstance(name, (str, bytes, os.PathLike)):
+        return os.fsdecode(name)
+    return None
 
 
 def _info(header: Dataset, path: str | None, inferred: bool) -> ImageInfo:
@@ -470,15 +499,26 @@ def _make_info(ds: Dataset, path: str | None, inferred: bool) -> ImageInfo:
     )
 
 
+def _check_complete(ds: Dataset, info: ImageInfo) -> None:
+    """Refuse an image header that ends before its pixel module (a truncated file).
+
+    pydicom stops quietly at the end of the file, so the only sign is an image SOP class
+    without Rows/Columns; non-image objects have none and pass.
+    """
+    if "Rows" in ds and "Columns" in ds:
+        return
+    sop = UID(info.sop_class_uid).name if info.sop_class_uid else "unknown"
+    if "Image Storage" in sop:
+        raise NotDicomError(
+            f"{info.path or '<memory>'}: header ends early: {sop} object without "
+            "(0028,0010) Rows / (0028,0011) Columns (truncated file?)"
+        )
+
+
 def _check_grey(ds: Dataset, info: ImageInfo) -> None:
     name = info.path or "<memory>"
     if "Rows" not in ds or "Columns" not in ds:
         sop = UID(info.sop_class_uid).name if info.sop_class_uid else "unknown"
-        if "Image Storage" in sop:
-            raise NotDicomError(
-                f"{name}: header ends early: {sop} object without (0028,0010) Rows / "
-                "(0028,0011) Columns (truncated file?)"
-            )
         raise UnsupportedImageError(
             f"{name}: not an image: SOP Class {sop!r} has no pixel data ((0028,0010) Rows missing)"
         )
@@ -544,6 +584,8 @@ def _decode(image: DicomImage) -> NDArray[Any]:
             "because the encapsulated data is truncated)"
         )
     ts = info.transfer_syntax
+    if not UID(ts).is_encapsulated:
+        _check_native_length(ds, info, name)
     if UID(ts).is_encapsulated:
         try:
             for index, frame in enumerate(_encoded_frames(ds, info.frames)):
@@ -566,7 +608,7 @@ def _decode(image: DicomImage) -> NDArray[Any]:
         except Exception as exc:  # decoder plugins raise many types on bad input
             raise CorruptPixelDataError(
                 f"{name}: cannot decode (7FE0,0010) Pixel Data ({info.transfer_syntax_name}): "
-                f"{_first_line(exc)}"
+                f"{_decoder_failure(exc)}"
             ) from exc
     expected = (info.frames, info.rows, info.columns)
     if arr.size != int(np.prod(expected)):
@@ -575,6 +617,47 @@ def _decode(image: DicomImage) -> NDArray[Any]:
             f"(0028,0010) Rows x (0028,0011) Columns = {'x'.join(map(str, expected))}"
         )
     return _stored_values(arr.reshape(expected), info)
+
+
+def _check_native_length(ds: Dataset, info: ImageInfo, name: str) -> None:
+    """Refuse native pixel data longer than the pixel module says (plus the even-length pad).
+
+    pydicom takes any excess for padding and only warns, so a wrong Rows or Columns would
+    decode as a sheared image; the data can only be trusted when the lengths agree.
+    Shorter data is left to the decoder, which refuses it.
+    """
+    expected = (info.frames * info.rows * info.columns * info.bits_allocated + 7) // 8
+    allowed = expected + expected % 2
+    actual = len(ds.PixelData)
+    if actual > allowed:
+        padded = f", {allowed} with the padding byte to even length" if allowed != expected else ""
+        raise CorruptPixelDataError(
+            f"{name}: (7FE0,0010) Pixel Data is longer than the header says: (0028,0010) Rows "
+            f"{info.rows} x (0028,0011) Columns {info.columns} x (0028,0008) Number of Frames "
+            f"{info.frames} x (0028,0100) Bits Allocated {info.bits_allocated} / 8 = "
+            f"{expected} bytes expected{padded}, but it holds {actual} bytes"
+        )
+
+
+#: How pydicom starts the message when every installed decoder plugin failed; each
+#: plugin's own message follows on a line of its own, as "  name: message".
+_ALL_PLUGINS_FAILED = "Unable to decode as exceptions were raised by all available plugins"
+
+
+def _decoder_failure(exc: BaseException) -> str:
+    """One line saying why decoding failed, with each decoder's own message in brackets."""
+    text = str(exc).strip()
+    if not text.startswith(_ALL_PLUGINS_FAILED):
+        return _first_line(exc)
+    reasons: list[str] = []
+    for line in text.splitlines()[1:]:
+        plugin, sep, message = line.strip().partition(": ")
+        if line.startswith("  ") and sep and plugin and " " not in plugin:
+            reasons.append(f"{plugin}: {message.strip()}")
+        elif line.strip() and reasons:  # a plugin message that spans lines
+            reasons[-1] += " " + line.strip()
+    listed = "".join(f" [{r}]" for r in reasons)
+    return f"the codestream could not be decoded by any installed decoder{listed}"
 
 
 def _first_line(exc: BaseException) -> str:
