@@ -262,3 +262,43 @@ def test_real_series_slice_wise_equal_enhance(tmp_path: Path) -> None:
             np.testing.assert_array_equal(written.stored, derived.image_pixels(n))
             checked += 1
     assert checked >= 10
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_broken_copy_never_stands_in_for_a_good_one(tmp_path: Path, jobs: int) -> None:
+    """Two files of one instance (same SOP Instance UID): the one that decodes is converted."""
+    import pydicom
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(3):  # a 3-slice series, so that both the volume and slice-wise paths run
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.SOPInstanceUID = f"{ds.SOPInstanceUID}.{k + 1}"
+        ds.ImagePositionPatient = [0.0, 0.0, float(k)]
+        ds.save_as(src / f"b{k}.dcm")
+        if k == 1:
+            ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]  # scanned first: a0.dcm
+            ds.save_as(src / "a0.dcm")
+    report = medeq.convert([src], tmp_path / "out", jobs=jobs, preview=False)
+    status = {Path(f.input).name: (f.status, f.error) for f in report.files}
+    assert status["a0.dcm"][0] == "failed"
+    assert "(7FE0,0010) Pixel Data" in str(status["a0.dcm"][1])
+    assert [status[f"b{k}.dcm"][0] for k in range(3)] == ["converted"] * 3
+    assert report.exit_code == 1
+    # What was written equals the series without the broken copy.
+    (series,) = medeq.read_series(sorted(src.glob("b*.dcm")))
+    derived = medeq.enhance(series)
+    for n, image in enumerate(series.images):
+        written = medeq.read(tmp_path / "out" / Path(str(image.info.path)).name)
+        np.testing.assert_array_equal(written.stored, derived.image_pixels(n))
+    # Both copies decoding: the first is converted, the other is skipped as a copy.
+    ds = pydicom.dcmread(src / "b1.dcm")
+    ds.save_as(src / "a0.dcm")
+    again = medeq.convert([src], tmp_path / "again", jobs=jobs, preview=False)
+    status = {Path(f.input).name: (f.status, f.error) for f in again.files}
+    assert status["a0.dcm"][0] == "converted"
+    assert status["b1.dcm"] == (
+        "skipped",
+        f"same (0008,0018) SOP Instance UID as {src / 'a0.dcm'}: converted once",
+    )
+    assert again.exit_code == 0

@@ -16,6 +16,7 @@ import contextlib
 import os
 import sys
 import threading
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
@@ -93,6 +94,16 @@ class Inline(Executor):
         return future
 
 
+def quiet_unpickling() -> None:
+    """Ignore pydicom's warnings in this process outside the tasks' own capture.
+
+    pydicom validates values again as they are unpickled between processes (an invalid
+    UID in a source warns each time); the reader already logged what it says, and the
+    tasks capture their own warnings (:func:`medeq.reader.logged_warnings`).
+    """
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\.")
+
+
 @dataclass
 class Task:
     """Work for a worker process, kept so it can be resubmitted after a worker crash."""
@@ -143,7 +154,9 @@ class Scheduler:
         if self.workers == 1:
             return Inline()
         return ProcessPoolExecutor(
-            self.workers, mp_context=multiprocessing.get_context(start_method())
+            self.workers,
+            mp_context=multiprocessing.get_context(start_method()),
+            initializer=quiet_unpickling,
         )
 
     def submit(self, task: Task) -> None:
@@ -164,6 +177,11 @@ class Scheduler:
             self.pending[self.pool.submit(task.fn, *task.args)] = task
 
     def run(self, jobs: list[Job]) -> None:
+        with warnings.catch_warnings():
+            quiet_unpickling()
+            self._run(jobs)
+
+    def _run(self, jobs: list[Job]) -> None:
         queue = list(reversed(jobs))
         try:
             while queue or self.pending or self.suspects or self.backlog:

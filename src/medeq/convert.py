@@ -40,7 +40,7 @@ from ._slicewise import CountedEqualization, SliceCounts, count_values, equalize
 from .enhance import Method, canonical_parameters, enhance
 from .errors import MedeqError, OutputError, ParameterError
 from .normalize import VoiPlan, WindowSpec, parse_window, voi_plan
-from .reader import DicomImage, ImageInfo, read
+from .reader import DicomImage, ImageInfo, logged_warnings, read
 from .series import Series, _make_series, find_dicom_files
 from .writer import TransferSyntax, derive_header, derived_uid, sidecar, write_image
 
@@ -222,14 +222,17 @@ def _write_task(
     window: tuple[float, float] | None,
 ) -> tuple[list[str], str | None]:
     try:
-        written = write_image(
-            derive_header(source, **header_options),
-            pixels,
-            Path(path),
-            transfer_syntax=ts,
-            overwrite=overwrite,
-            preview_window=window,
-        )
+        # The source's own flaws (an invalid UID it refers to) make pydicom warn as they
+        # are copied: a debug log line, not noise on a batch's standard error.
+        with logged_warnings(source.name):
+            written = write_image(
+                derive_header(source, **header_options),
+                pixels,
+                Path(path),
+                transfer_syntax=ts,
+                overwrite=overwrite,
+                preview_window=window,
+            )
         return [str(p) for p in written], None
     except MedeqError as exc:
         return [], str(exc)
@@ -520,18 +523,15 @@ def _plan(
     for uid, members in groups.items():
         targets = {id(im): t for im, t in members}
         series = _make_series(uid, [im for im, _ in members])
+        # A duplicate (same SOP Instance UID) joins its series' job right after the image
+        # it repeats: all are decoded, and the first that decodes is converted (a broken
+        # copy must not stand in for a good one). A dry run cannot tell: it plans the first.
+        copies: dict[str, list[DicomImage]] = {}
         for dup in series.duplicates:
-            kept = next(
-                im for im in series.images if im.info.sop_instance_uid == dup.info.sop_instance_uid
-            )
-            settle(
-                FileResult(
-                    str(dup.info.path),
-                    "skipped",
-                    error=f"same (0008,0018) SOP Instance UID as {kept.name}: converted once",
-                    series_uid_in=dup.info.series_instance_uid,
-                )
-            )
+            if dry_run:
+                settle(_duplicate_result(dup, _first_copy(series.images, dup)))
+            else:
+                copies.setdefault(_sop_key(dup), []).append(dup)
         # Images of different sizes cannot share a volume histogram: one job each.
         batches = [series.images] if series.stackable else [[im] for im in series.images]
         for batch in batches:
@@ -542,25 +542,31 @@ def _plan(
                 "series",
             )
             job = Job([], [], [], [])
-            for im in batch:
-                target = targets[id(im)]
-                expected = derived_uid(im.info.sop_instance_uid, canonical, "instance")
-                done = False if overwrite else _already_done(target, expected)
-                result = FileResult(
-                    str(im.info.path),
-                    "planned",
-                    [str(target)],
-                    series_uid_in=im.info.series_instance_uid,
-                    series_uid_out=series_out,
-                )
-                if isinstance(done, str):
-                    result.status, result.error, result.outputs = "failed", done, []
-                    settle(result)
-                    continue
-                job.images.append(im)
-                job.targets.append(target)
-                job.done.append(done)
-                job.results.append(result)
+            for first in batch:
+                first_done: bool | str = False
+                for im in [first, *copies.get(_sop_key(first), [])]:
+                    target = targets[id(im)]
+                    expected = derived_uid(im.info.sop_instance_uid, canonical, "instance")
+                    done = False if overwrite else _already_done(target, expected)
+                    if im is first:
+                        first_done = done
+                    elif first_done is True:
+                        done = True  # its first copy is converted: it would be skipped
+                    result = FileResult(
+                        str(im.info.path),
+                        "planned",
+                        [str(target)],
+                        series_uid_in=im.info.series_instance_uid,
+                        series_uid_out=series_out,
+                    )
+                    if isinstance(done, str):
+                        result.status, result.error, result.outputs = "failed", done, []
+                        settle(result)
+                        continue
+                    job.images.append(im)
+                    job.targets.append(target)
+                    job.done.append(done)
+                    job.results.append(result)
             if not job.images:
                 continue
             if all(job.done):
@@ -711,13 +717,42 @@ def _settle_failed(
     settle: Callable[[FileResult], None],
     indices: list[int] | None = None,
 ) -> list[int]:
-    """Settle the files of ``job`` that have an error; return the indices of the others."""
+    """Settle the files of ``job`` that failed, or repeat an earlier file; return the rest.
+
+    Of several copies of one instance (same SOP Instance UID), the first without an
+    error is kept and the later ones are skipped.
+    """
     good: list[int] = []
+    kept: dict[str, DicomImage] = {}
     for i, error in zip(indices or range(len(errors)), errors, strict=True):
-        if error is None:
+        result = job.results[i]
+        image = job.images[i]
+        if error is None and _sop_key(image) not in kept:
+            kept[_sop_key(image)] = image
             good.append(i)
             continue
-        result = job.results[i]
-        result.status, result.error, result.outputs = "failed", error, []
+        if error is None:
+            skipped = _duplicate_result(image, kept[_sop_key(image)])
+            result.status, result.error = skipped.status, skipped.error
+        else:
+            result.status, result.error = "failed", error
+        result.outputs = []
         settle(result)
     return good
+
+
+def _sop_key(image: DicomImage) -> str:
+    return image.info.sop_instance_uid or image.name
+
+
+def _first_copy(images: list[DicomImage], dup: DicomImage) -> DicomImage:
+    return next(im for im in images if _sop_key(im) == _sop_key(dup))
+
+
+def _duplicate_result(dup: DicomImage, kept: DicomImage) -> FileResult:
+    return FileResult(
+        str(dup.info.path),
+        "skipped",
+        error=f"same (0008,0018) SOP Instance UID as {kept.name}: converted once",
+        series_uid_in=dup.info.series_instance_uid,
+    )
