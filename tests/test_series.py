@@ -92,3 +92,63 @@ def test_dicomdir_lists_its_files() -> None:
     total = sum(len(s) for s in series) + len(errors)
     assert total > 1
     assert all(Path(im.name).exists() for s in series for im in s)
+
+
+QATS = [f"dcmqats__In_{i}.dcm" for i in (1, 2, 3, 4, 5, 7, 9)]
+
+
+def test_images_at_one_position_are_not_a_volume() -> None:
+    # The same MR slice in seven transfer syntaxes: seven images, one position.
+    [series] = medeq.read_series([shared_file(n) for n in QATS])
+    assert any("same position" in p for p in series.problems)
+    with pytest.raises(medeq.SeriesError, match=r"7 images at the same position") as caught:
+        series.volume()
+    assert series.uid in str(caught.value)
+    assert "force=True" in str(caught.value)
+    assert series.volume(force=True).shape == (7, 384, 384)
+
+
+def test_mixed_orientations_are_not_a_volume() -> None:
+    [series] = medeq.read_series([shared_file(n) for n in ABD])
+    with pytest.raises(medeq.SeriesError, match="mixed orientations") as caught:
+        series.volume()
+    assert series.uid in str(caught.value)
+    stacked = series.volume(force=True)
+    assert stacked.shape == (11, 256, 256)
+    # force keeps the order of Series.images (instance number here).
+    np.testing.assert_array_equal(stacked[3], medeq.modality_values(series.images[3])[0])
+
+
+def test_gap_is_stacked_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for n in ABD[:2] + ABD[3:5]:  # coronal stack with its middle slice missing
+        shutil.copy(shared_file(n), tmp_path / n)
+    [series] = medeq.read_series(tmp_path)
+    with caplog.at_level("WARNING", logger="medeq.series"):
+        assert series.volume().shape == (4, 256, 256)
+    assert "slice(s) missing" in caplog.text
+
+
+def test_two_images_at_one_position_are_reported(tmp_path: Path) -> None:
+    # Only two images: no spacing to compare with, but the coincidence is still found.
+    for name in ("a", "b"):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(tmp_path / f"{name}.dcm")
+    [series] = medeq.read_series(tmp_path)
+    assert len(series) == 2
+    assert any("two images at the same position" in p for p in series.problems)
+    with pytest.raises(medeq.SeriesError, match="2 images at the same position"):
+        series.volume()
+    assert series.volume(force=True).shape == (2, 128, 128)
+
+
+def test_force_does_not_stack_mixed_sizes(tmp_path: Path) -> None:
+    a = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    b = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    b.SOPInstanceUID = pydicom.uid.generate_uid()
+    b.Rows, b.Columns = 64, 256
+    a.save_as(tmp_path / "a.dcm")
+    b.save_as(tmp_path / "b.dcm")
+    [series] = medeq.read_series(tmp_path)
+    with pytest.raises(medeq.SeriesError, match="cannot stack images of different sizes"):
+        series.volume(force=True)

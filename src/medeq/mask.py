@@ -23,6 +23,17 @@ logger = logging.getLogger(__name__)
 _FLAT = 0.15
 #: Where the threshold sits between the background's peak (0) and Otsu's threshold (1).
 _FRACTION = 0.2
+#: Connected regions at least this fraction of the largest one's area are all kept.
+_KEEP = 0.1
+#: A shutter band starts this far from the threshold (0) towards the brightest values
+#: (1, the 99.9th percentile): behind a shutter the detector sees the least exposure.
+_BRIGHT = 0.8
+#: A rise (as a fraction of threshold..brightest) that ends a shutter band's ramp. After
+#: smoothing, grain is far below it, while anatomy past the band's edge soon rises more;
+#: a larger tolerance lets a ramp run on into anatomy that darkens away from the border.
+_RISE = 0.01
+#: The fraction of the lines along a border that a shutter band must cross.
+_ALONG = 0.9
 # 4-connected cross (what scipy.ndimage.generate_binary_structure(2, 1) gives).
 _DISK = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
 
@@ -31,9 +42,11 @@ def foreground_mask(image: Any) -> NDArray[np.bool_]:
     """Boolean mask of the body or object in an image, volume, DicomImage or Series.
 
     Steps: one Otsu threshold over all the data (air and background below it); on each
-    slice, flat bands along the borders (collimator shutters: nearly constant rows or
-    columns) are removed, the largest connected region is kept, and holes in it are
-    filled (lungs, bowel gas and dark structures inside the body stay in the mask).
+    slice, collimator shutters along the borders are removed (flat bands: nearly constant
+    rows or columns; and bright bands that fall away from the border in a ramp, crossing
+    at least 90% of it), every connected region at least a tenth as large as the largest
+    is kept (the tiles of a mosaic, two legs), and holes are filled (lungs, bowel gas and
+    dark structures inside the body stay in the mask).
 
     Parameters
     ----------
@@ -76,7 +89,8 @@ def foreground_mask(image: Any) -> NDArray[np.bool_]:
         sample = core
     threshold = _background_threshold(sample)
     spread = float(np.std(sample))
-    masks = np.stack([_slice_mask(s, threshold, spread) for s in volume])
+    top = float(np.percentile(sample, 99.9))
+    masks = np.stack([_slice_mask(s, threshold, spread, top) for s in volume])
     if not masks.any():
         logger.warning("foreground mask found nothing; using every pixel")
         masks[...] = True
@@ -106,27 +120,82 @@ def _sample(values: NDArray[Any], limit: int = 4_000_000) -> NDArray[Any]:
     return flat[::step]
 
 
-def _slice_mask(plane: NDArray[Any], threshold: float, spread: float) -> NDArray[np.bool_]:
+def _slice_mask(
+    plane: NDArray[Any], threshold: float, spread: float, top: float
+) -> NDArray[np.bool_]:
     from scipy import ndimage
 
     inside = _inner_box(plane, spread)
     mask = np.zeros(plane.shape, dtype=bool)
     r0, r1, c0, c1 = inside
-    region = plane[r0:r1, c0:c1] > threshold
+    above = plane[r0:r1, c0:c1] > threshold
+    if top > threshold:
+        # On the whole plane: a shutter starts at the image's border, and peeling may
+        # have taken its brightest, flat part and left a ramp that no longer looks it.
+        bands = _shutter_bands(
+            plane, threshold + _BRIGHT * (top - threshold), _RISE * (top - threshold)
+        )
+        above &= ~bands[r0:r1, c0:c1]
     # Opening breaks thin bright lines (a CT's field-of-view ring, the table's edge) that
     # would otherwise join the body or enclose air that fill-holes then swallows.
-    region = ndimage.binary_opening(region, structure=_DISK, iterations=2)
+    region = ndimage.binary_opening(above, structure=_DISK, iterations=2)
     labels, count = ndimage.label(region)
     if count == 0:
         return mask
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    largest = labels == int(np.argmax(sizes))
-    body = ndimage.binary_dilation(largest, structure=_DISK, iterations=2) & (
-        plane[r0:r1, c0:c1] > threshold
-    )
-    mask[r0:r1, c0:c1] = ndimage.binary_fill_holes(body | largest)
+    # Not only the largest region: a mosaic (MR slices packed as tiles in one image), two
+    # legs or two hands are several bodies. Labels, markers and specks of noise are far
+    # smaller than the largest region and still go.
+    keep = sizes >= _KEEP * sizes.max()
+    keep[0] = False
+    kept = keep[labels]
+    body = ndimage.binary_dilation(kept, structure=_DISK, iterations=2) & above
+    mask[r0:r1, c0:c1] = ndimage.binary_fill_holes(body | kept)
     return mask
+
+
+def _shutter_bands(plane: NDArray[Any], bright: float, rise: float) -> NDArray[np.bool_]:
+    """Collimator bands along the borders that are not flat: a ramp or a blurred edge.
+
+    A shutter stops the beam, so the detector behind it records the least exposure of the
+    image: in presentation sense a band as bright as the brightest values, which the
+    penumbra and scatter turn into a ramp that falls away from the border. Seen from a
+    border, each line across such a band starts bright and never rises by more than
+    ``rise`` before the band ends. Anatomy fails that along almost every line, so a band
+    must span the whole border: its width is what 90% of the lines reach (a straight
+    edge parallel to the border), and no line loses more than its own ramp, so a body
+    that comes closer to the border on some lines is never cut.
+    """
+    from scipy import ndimage
+
+    # Smoothing keeps noise and grain from ending a ramp early.
+    size = max(3, min(plane.shape) // 100)
+    bands = np.zeros(plane.shape, dtype=bool)
+    # A smoothed border value is a mean of pixels less than ``size`` from the border: when
+    # none of them is bright there is no band (CT, MR, most fluoroscopy), and no filtering.
+    strips = (plane[:size], plane[-size:], plane[:, :size], plane[:, -size:])
+    if max(float(strip.max()) for strip in strips) < bright:
+        return bands
+    smooth = ndimage.uniform_filter(plane.astype(np.float32), size=size)
+    for turns in range(4):
+        # Rotated views put each border at column 0; writing into ``side`` writes ``bands``.
+        # A band wider than half the image would be the image, not a band.
+        lines = np.rot90(smooth, turns)
+        lines = lines[:, : lines.shape[1] // 2]
+        side = np.rot90(bands, turns)[:, : lines.shape[1]]
+        starts = lines[:, 0] >= bright
+        if starts.mean() < _ALONG:
+            continue
+        lowest = np.minimum.accumulate(lines, axis=1)
+        ends = lines > lowest + rise
+        runs = np.where(ends.any(axis=1), ends.argmax(axis=1), lines.shape[1])
+        runs[~starts] = 0
+        width = int(np.percentile(runs, 100 * (1 - _ALONG)))
+        if width > 0:
+            reach = np.minimum(runs, width)
+            side |= np.arange(lines.shape[1])[np.newaxis, :] < reach[:, np.newaxis]
+    return bands
 
 
 def _inner_box(plane: NDArray[Any], spread: float) -> tuple[int, int, int, int]:

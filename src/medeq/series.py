@@ -4,8 +4,8 @@
 groups images by (0020,000E) *Series Instance UID*, and orders each series along the slice
 normal computed from (0020,0037) *Image Orientation (Patient)* and (0020,0032) *Image
 Position (Patient)*, falling back to (0020,0013) *Instance Number*. Problems are reported
-on the :class:`Series` (duplicates, gaps, mixed sizes) instead of being stacked into a
-nonsense volume.
+on the :class:`Series` (duplicates, gaps, mixed orientations, mixed sizes), and
+:meth:`Series.volume` refuses to stack images that are not one volume unless told to.
 """
 
 from __future__ import annotations
@@ -68,22 +68,60 @@ class Series:
 
     @property
     def stackable(self) -> bool:
-        """True when every image has the same rows and columns."""
+        """True when every image has the same rows and columns (an array can be built).
+
+        This says nothing about geometry: :meth:`volume` also checks that the images
+        form one volume.
+        """
         sizes = {(im.info.rows, im.info.columns) for im in self.images}
         return len(sizes) <= 1
 
-    def volume(self) -> NDArray[Any]:
+    def volume(self, *, force: bool = False) -> NDArray[Any]:
         """Modality values (HU for CT) of every frame of every image: ``(slices, rows, columns)``.
 
         Each image goes through its own Modality LUT (slices may differ in rescale), so
-        the stack is in one unit. Integer when every value is whole, else float32.
+        the stack is in one unit. Integer when every value is whole, else float32. The
+        slices come in the order of :attr:`images`.
+
+        Parameters
+        ----------
+        force : bool, default False
+            Stack images that are not one geometric volume anyway, in the order of
+            :attr:`images` (as ``pydicom.dcmread(force=True)`` reads a file that does
+            not look like DICOM). Mixed image sizes cannot be stacked even then.
+
+        Returns
+        -------
+        volume : (P, M, N) ndarray
+            Integer when every value is whole, else float32.
 
         Raises
         ------
         SeriesError
-            When the images differ in size.
+            When the images differ in size (always), or, unless ``force``, when they are
+            not one volume: (0020,0037) *Image Orientation (Patient)* differs between
+            images (a multi-plane localizer), or two or more images lie at the same
+            (0020,0032) *Image Position (Patient)* along the slice normal (the same
+            slice sent twice, in other transfer syntaxes, or several acquisitions mixed).
+
+        Notes
+        -----
+        Missing slices (a gap in the spacing) and dropped duplicate SOP Instance UIDs do
+        not block stacking: the slices present are still a volume, only with uneven
+        spacing. They stay in :attr:`problems` and a gap is logged as a warning.
         """
         self._check_stackable()
+        ordered, _, positions = _order(self.images)
+        blocking = _geometry_problems(ordered, positions)
+        if blocking and not force:
+            raise SeriesError(
+                f"series {self.uid or '(no UID)'}: the images are not one volume: "
+                f"{'; '.join(blocking)}. Pass volume(force=True) to stack them in the "
+                "order of Series.images anyway"
+            )
+        if positions is not None:
+            for gap in _gap_problems(ordered, positions):
+                logger.warning("series %s: stacking despite a %s", self.uid or "(no UID)", gap)
         return stack_frames([modality_values(im) for im in self.images])
 
     def _check_stackable(self) -> None:
@@ -210,18 +248,16 @@ def _make_series(uid: str, images: Sequence[DicomImage]) -> Series:
         unique[sop] = im
     kept = list(unique.values())
     ordered, how, positions = _order(kept)
-    orientations = {im.info.image_orientation for im in kept} - {None}
-    if len(orientations) > 1:
-        problems.append(
-            f"mixed orientations: {len(orientations)} different (0020,0037) Image Orientation "
-            f"(Patient) values; slices ordered by {how}"
-        )
+    mixed = _orientation_problem(kept)
+    if mixed is not None:
+        problems.append(f"{mixed}; slices ordered by {how}")
     series = Series(uid, ordered, problems, how, duplicates)
     if not series.stackable:
         sizes = sorted({f"{im.info.rows}x{im.info.columns}" for im in ordered})
         problems.append(f"mixed image sizes: {', '.join(sizes)}")
-    if positions is not None and len(positions) > 2:
-        problems.extend(_spacing_problems(ordered, positions))
+    if positions is not None:
+        problems.extend(_same_position_problems(ordered, positions))
+        problems.extend(_gap_problems(ordered, positions))
     return series
 
 
@@ -249,19 +285,75 @@ def _order(
     return sorted(images, key=lambda im: im.name), "file name", None
 
 
-def _spacing_problems(images: Sequence[DicomImage], positions: NDArray[np.float64]) -> list[str]:
+#: Positions along the slice normal closer than this (mm) are the same position.
+_SAME_MM = 1e-3
+
+
+def _orientation_problem(images: Sequence[DicomImage]) -> str | None:
+    orientations = {im.info.image_orientation for im in images} - {None}
+    if len(orientations) > 1:
+        return (
+            f"mixed orientations: {len(orientations)} different (0020,0037) Image Orientation "
+            "(Patient) values"
+        )
+    return None
+
+
+def _same_runs(positions: NDArray[np.float64]) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each run of sorted positions that coincide (two or more)."""
+    runs: list[tuple[int, int]] = []
+    start = 0
+    for i in range(1, positions.size + 1):
+        if i == positions.size or positions[i] - positions[i - 1] > _SAME_MM:
+            if i - start > 1:
+                runs.append((start, i))
+            start = i
+    return runs
+
+
+def _geometry_problems(
+    images: Sequence[DicomImage], positions: NDArray[np.float64] | None
+) -> list[str]:
+    """Why ``images`` (in position order) are not one volume; empty when they are.
+
+    One line per kind of problem, short enough for an error message.
+    """
+    mixed = _orientation_problem(images)
+    if mixed is not None:
+        return [mixed]
+    if positions is None:
+        return []  # no geometry to check: order by instance number is all there is
+    problems = []
+    for start, stop in _same_runs(positions):
+        names = [im.name for im in images[start:stop]]
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        problems.append(
+            f"{stop - start} images at the same position {positions[start]:.3f} mm along "
+            f"the slice normal ({shown})"
+        )
+    return problems
+
+
+def _same_position_problems(
+    images: Sequence[DicomImage], positions: NDArray[np.float64]
+) -> list[str]:
+    problems = []
+    for start, stop in _same_runs(positions):
+        for i in range(start, stop - 1):
+            problems.append(
+                f"two images at the same position {positions[i]:.3f} mm: "
+                f"{images[i].name} and {images[i + 1].name}"
+            )
+    return problems
+
+
+def _gap_problems(images: Sequence[DicomImage], positions: NDArray[np.float64]) -> list[str]:
     problems = []
     steps = np.diff(positions)
-    same = np.flatnonzero(np.isclose(steps, 0.0, atol=1e-3))
-    for i in same.tolist():
-        problems.append(
-            f"two images at the same position {positions[i]:.3f} mm: "
-            f"{images[i].name} and {images[i + 1].name}"
-        )
-    moving = steps[~np.isclose(steps, 0.0, atol=1e-3)]
+    moving = steps[steps > _SAME_MM]
     if moving.size:
         typical = float(np.median(moving))
-        gaps = np.flatnonzero(steps > 1.5 * typical + 1e-3)
+        gaps = np.flatnonzero(steps > 1.5 * typical + _SAME_MM)
         for i in gaps.tolist():
             missing = round(steps[i] / typical) - 1
             problems.append(
