@@ -535,3 +535,39 @@ def test_value_mapping_from_summed_slice_counts_is_equalize(
     assert mapped.dtype == expected.dtype
     hist, _ = medeq.histogram(volume, bins, value_range=value_range)
     np.testing.assert_array_equal(mapping.counts, hist)
+
+
+@pytest.mark.parametrize("dtype", ["u2", "i2", "i4", "f4", "f8"])
+@pytest.mark.parametrize("compiled", [True, False])
+def test_big_endian_input_equals_native(dtype: str, compiled: bool) -> None:
+    """Arrays in the other byte order (big-endian files) give the same result."""
+    import contextlib
+
+    from medeq import _kernels
+
+    rng = np.random.default_rng(7)
+    native = rng.integers(-500, 3000, (64, 48)).astype(f"={dtype}")
+    if dtype.startswith("u"):
+        native = np.abs(native)
+    swapped = native.astype(f">{dtype}" if np.little_endian else f"<{dtype}")
+    assert not swapped.dtype.isnative
+    use = contextlib.nullcontext() if compiled else _kernels.numpy_kernels()
+    with use:
+        np.testing.assert_array_equal(medeq.equalize(swapped), medeq.equalize(native))
+        np.testing.assert_array_equal(
+            medeq.equalize(swapped, 16, mask=native > 0),
+            medeq.equalize(native, 16, mask=native > 0),
+        )
+        a, _ = medeq.histogram(swapped, 10)
+        b, _ = medeq.histogram(native, 10)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_float_span_beyond_float64_is_refused() -> None:
+    image = np.array([[-1e308, 1e308], [0.0, 1.0]])
+    with pytest.raises(ParameterError, match=r"the image's values span -1e\+308 to 1e\+308"):
+        medeq.equalize(image)
+    with pytest.raises(ParameterError, match="wider than float64 can hold"):
+        medeq.histogram(image)
+    with pytest.raises(ParameterError, match=r"value_range span -1e\+308 to 1e\+308"):
+        medeq.equalize(np.ones((2, 2)), value_range=(-1e308, 1e308))

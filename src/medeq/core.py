@@ -77,6 +77,9 @@ def _check_image(image: ArrayLike, name: str = "image") -> NDArray[Any]:
         )
     if arr.size == 0:
         raise ParameterError(f"{name} is empty (shape {arr.shape})")
+    if not arr.dtype.isnative:
+        # Big-endian data (from a file, say): the kernels work in this machine's order.
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     if kind == "f" and not np.isfinite(arr).all():
         bad = arr[~np.isfinite(arr)]
         raise ParameterError(
@@ -200,6 +203,12 @@ def _binning(
 ) -> Binning:
     integer = image.dtype.kind in "iu"
     lo, hi = value_range if value_range is not None else data_range
+    if not integer and not np.isfinite(float(hi) - float(lo)):
+        what = "value_range" if value_range is not None else "the image's values"
+        raise ParameterError(
+            f"{what} span {lo:g} to {hi:g}, wider than float64 can hold; scale the data "
+            "down (divide it by 2, say) or choose a narrower value_range"
+        )
     if bins is None:
         bins = min(int(hi - lo + 1), MAX_DEFAULT_BINS) if integer else DEFAULT_FLOAT_BINS
     return Binning(lo, hi, bins, integer)
