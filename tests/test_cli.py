@@ -165,6 +165,36 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path) -> None:
         assert a.PixelData == b.PixelData
 
 
+@pytest.mark.parametrize("mask", ["none", "auto"])  # slice-wise, and volumes in this process
+def test_ctrl_c_stops_workers_at_once_and_a_rerun_finishes(tmp_path: Path, mask: str) -> None:
+    inputs = tmp_path / "in"
+    for k in range(6):  # six series of four 512 x 512 slices: results too big for a pipe
+        make_series(inputs / f"s{k}", 4, size=512)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "medeq", "convert", str(inputs), "-o", str(out)]
+    options = ["--jobs", "2", "--mask", mask, "--no-preview"]
+    proc = subprocess.Popen(
+        [*command, *options],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(out.rglob("*.dcm")):
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the workers too
+    _, stderr = proc.communicate(timeout=60)  # workers are ended, not waited for
+    assert proc.returncode == 130, stderr
+    assert "interrupted; finished outputs are complete, run again to resume" in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines and all(line.startswith("medeq: ") for line in lines), stderr
+    rerun = medeq(*command[3:], *options, check_rc=0)
+    assert "24 file(s)" in rerun.stderr
+    assert len(list(out.rglob("*.dcm"))) == 24
+    assert not list(out.rglob("*.part"))
+
+
 def test_series_is_one_volume_and_jobs_agree(tmp_path: Path) -> None:
     make_series(tmp_path / "in", 12, size=96)
     one, two = tmp_path / "one", tmp_path / "two"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import threading
 import warnings
@@ -104,6 +105,16 @@ def quiet_unpickling() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\.")
 
 
+def _worker_init() -> None:
+    """Set up a worker process: quiet unpickling, and Ctrl-C left to the main process.
+
+    Ctrl-C in a terminal reaches every process of the group; the main process ends the
+    workers itself (:meth:`Scheduler.abort`), so they need not print their own traceback.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    quiet_unpickling()
+
+
 @dataclass
 class Task:
     """Work for a worker process, kept so it can be resubmitted after a worker crash."""
@@ -156,7 +167,7 @@ class Scheduler:
         return ProcessPoolExecutor(
             self.workers,
             mp_context=multiprocessing.get_context(start_method()),
-            initializer=quiet_unpickling,
+            initializer=_worker_init,
         )
 
     def submit(self, task: Task) -> None:
@@ -208,9 +219,27 @@ class Scheduler:
                 if crashed:
                     self._recover(crashed)
         except BaseException:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.closed = True
+            self.abort()
             raise
+
+    def abort(self) -> None:
+        """Stop at once (an error or Ctrl-C here): drop queued tasks, end the workers.
+
+        Merely shutting the pool down is not enough: a worker sending back a big result
+        that no one reads any more blocks for ever, and this process waits for its
+        children as it exits.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        terminate = getattr(self.pool, "terminate_workers", None)  # Python 3.14 on
+        if terminate is not None:
+            terminate()  # shuts the pool down too
+            return
+        processes = list((getattr(self.pool, "_processes", None) or {}).values())
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
 
     def close(self) -> None:
         """Shut the pool down, waiting for its processes (unless a failure already did)."""
@@ -260,8 +289,7 @@ class Scheduler:
                             broken = True
                             done[i] = read_headers(batches[i])
         except BaseException:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.closed = True
+            self.abort()
             raise
         headers = [image for batch in done if batch is not None for image in batch]
         if broken:
