@@ -60,44 +60,66 @@ def _histogram(src, table, mask, y0, y1, x0, x1, hist):  # type: ignore[no-untyp
 
 
 @_compiled
-def _clip(hist, total, clip_limit):  # type: ignore[no-untyped-def]
+def _clip(hist, total, clip_limit, uniform):  # type: ignore[no-untyped-def]
     nbins = hist.size
-    # A limit below N / B cannot hold the tile's pixels: the flattest histogram can.
-    limit = max(int(np.floor(clip_limit * total)), 1, -(-total // nbins))
+    limit = max(int(np.floor(clip_limit * total)), 1)
+    if not uniform:
+        # Below N / B the pixels cannot fit under the limit: the flattest histogram can.
+        limit = max(limit, -(-total // nbins))
     excess = 0
     for k in range(nbins):
         if hist[k] > limit:
             excess += hist[k] - limit
+            hist[k] = limit
     if excess == 0:
         return
     batch = excess // nbins
+    if uniform:
+        # OpenCV's scheme: an equal share to every bin, full ones included, and the
+        # residual (fewer than B counts) one each to bins 0, s, 2s, ... (s = B // residual).
+        residual = excess - batch * nbins
+        for k in range(nbins):
+            hist[k] += batch
+        if residual > 0:
+            step = max(nbins // residual, 1)
+            for k in range(0, residual * step, step):
+                hist[k] += 1
+        return
+    # Zuiderveld's scheme as scikit-image runs it: no bin rises above the limit.
+    under = 0
     for k in range(nbins):
-        count = min(hist[k], limit)
-        give = min(batch, limit - count)
-        hist[k] = count + give
+        give = min(batch, limit - hist[k])
+        hist[k] += give
         excess -= give
-    # Zuiderveld's residual: one count each to every step-th bin still below the limit,
-    # the sweeps starting at bin 0, then 1, 2, ... so the counts spread over the range.
+        if hist[k] < limit:
+            under += 1
+    # The rest one count at a time to every step-th bin still below the limit, the
+    # step being the number of such bins over the counts left (scikit-image's rule; it
+    # also gives to the whole stride, which can hand out more than the excess: here
+    # the giving stops when the excess is spent). Sweeps start at bin 0, then 1, 2, ...
     offset = 0
     while excess > 0:
-        step = max(nbins // excess, 1)
+        step = max(under // excess, 1)
         for k in range(offset, nbins, step):
             if hist[k] < limit:
                 hist[k] += 1
                 excess -= 1
+                if hist[k] == limit:
+                    under -= 1
                 if excess == 0:
                     break
         offset = (offset + 1) % nbins
 
 
 @_compiled
-def _clip_and_map(hist, clip_limit, top, lut):  # type: ignore[no-untyped-def]
+def _clip_and_map(hist, clip_limit, uniform, top, lut):  # type: ignore[no-untyped-def]
     total = 0
     for k in range(hist.size):
         total += hist[k]
     if total == 0:
         return False
-    _clip(hist, total, clip_limit)
+    if clip_limit < 1.0:
+        _clip(hist, total, clip_limit, uniform)
     # The running sum of count / N, in this order, is exactly what numpy's
     # cumsum(counts / N) computes: the mapping is bit for bit
     # equalization_lut(clipped, top + 1 or None, variant="seed"), and the tests hold them
@@ -115,7 +137,7 @@ def _clip_and_map(hist, clip_limit, top, lut):  # type: ignore[no-untyped-def]
 
 @_compiled
 def _tile_mappings(  # type: ignore[no-untyped-def]
-    src, table, mask, row_edges, col_edges, clip_limit, top, hist, luts, filled, ty0, ty1
+    src, table, mask, row_edges, col_edges, clip_limit, uniform, top, hist, luts, filled, ty0, ty1
 ):
     # Tile by tile, so one histogram (not a whole row of them) is hot in the cache.
     for ty in range(ty0, ty1):
@@ -123,7 +145,7 @@ def _tile_mappings(  # type: ignore[no-untyped-def]
             hist[:] = 0
             y0, y1 = row_edges[ty], row_edges[ty + 1]
             _histogram(src, table, mask, y0, y1, col_edges[tx], col_edges[tx + 1], hist)
-            filled[ty, tx] = _clip_and_map(hist, clip_limit, top, luts[ty, tx])
+            filled[ty, tx] = _clip_and_map(hist, clip_limit, uniform, top, luts[ty, tx])
 
 
 def tile_mappings(
@@ -131,7 +153,7 @@ def tile_mappings(
     table: NDArray[np.unsignedinteger],
     mask: NDArray[np.bool_] | None,
     edges: tuple[NDArray[np.intp], NDArray[np.intp]],
-    clip_limit: float,
+    clip: tuple[float, bool],
     levels: int | None,
     out: tuple[NDArray[Any], NDArray[np.bool_]],
     scratch: NDArray[np.integer],
@@ -149,22 +171,42 @@ def tile_mappings(
     ``scratch`` (``B`` integers wide enough for a tile's pixel count) holds one histogram
     at a time and ends with the last tile's clipped histogram.
 
-    For a tile of ``N`` pixels and ``B`` bins (Zuiderveld's clipping): the limit is
-    ``c = max(floor(clip_limit * N), 1, ceil(N / B))``; every bin above it is cut to
-    ``c``, and the ``E`` counts cut off go back without lifting any bin above ``c``: first
-    ``min(E // B, c - h)`` to every bin ``h``, then the rest one at a time, to bins
-    ``o, o + s, o + 2s, ...`` that are below ``c``, with ``s = max(B // E_left, 1)``
-    and ``o = 0, 1, 2, ...`` for the successive sweeps. The total stays ``N``;
+    ``clip`` is ``(clip_limit, uniform)``. For a tile of ``N`` pixels and ``B`` bins the
+    limit is ``c = max(floor(clip_limit * N), 1)``, every bin above it is cut to ``c``,
+    and the ``E`` counts cut off go back so that the total stays ``N``:
+
+    - ``uniform`` (OpenCV's scheme): ``E // B`` to every bin, then one each to the bins
+      ``0, s, 2s, ...`` for the ``r = E % B`` left (``s = B // r``). Full bins end above
+      ``c``.
+    - otherwise (Zuiderveld's scheme, as scikit-image runs it): ``c`` is at least
+      ``ceil(N / B)``, and no bin rises above it: first ``min(E // B, c - h)`` to every
+      bin ``h``, then the rest one at a time to the bins ``o, o + s, o + 2s, ...`` still
+      below ``c``, with ``s = max(U // E_left, 1)`` for ``U`` bins below ``c`` and
+      ``o = 0, 1, 2, ...`` for the successive sweeps, until nothing is left.
+
     ``clip_limit = 1`` clips nothing. The mapping is
     ``equalization_lut(clipped, levels, variant="seed")``: ``cumsum(clipped / N)``,
     times ``levels - 1`` and rounded half to even when ``levels`` is given.
     """
     luts, filled = out
     row_edges, col_edges = edges
+    clip_limit, uniform = clip
     top = 0 if levels is None else levels - 1
     first, stop = tile_rows
     _tile_mappings(
-        src, table, mask, row_edges, col_edges, clip_limit, top, scratch, luts, filled, first, stop
+        src,
+        table,
+        mask,
+        row_edges,
+        col_edges,
+        clip_limit,
+        uniform,
+        top,
+        scratch,
+        luts,
+        filled,
+        first,
+        stop,
     )
 
 

@@ -3,10 +3,11 @@
 The image is cut into contextual regions (tiles) of ``kernel_size`` pixels. Each tile gets
 a histogram with the global binning of :func:`medeq.equalize` (the same ``bins`` over the
 same value range for every tile), clipped at ``clip_limit`` with the excess spread back
-over the bins below the limit (Zuiderveld's scheme), and the mapping
-``cumsum(clipped / N)``. Every pixel is then mapped through the bilinear blend of the
-mappings of the four tiles whose centres surround it. 3-D input is a stack of 2-D slices
-along axis 0, each with its own tiles and the volume's binning.
+over the bins (``redistribution``: below the limit, as Zuiderveld and scikit-image, or
+over all bins, as OpenCV), and the mapping ``cumsum(clipped / N)``. Every pixel is then
+mapped through the bilinear blend of the mappings of the four tiles whose centres surround
+it. 3-D input is a stack of 2-D slices along axis 0, each with its own tiles and the
+volume's binning.
 
 The tile mapping is the classic CLAHE one (Zuiderveld 1994, OpenCV, scikit-image),
 ``lut[k] = cdf[k] * (L - 1) / N``: the ``"seed"`` variant of
@@ -19,6 +20,7 @@ OpenCV's CLAHE on 16-bit data.
 
 from __future__ import annotations
 
+import enum
 import numbers
 from collections.abc import Iterable
 from typing import Any
@@ -44,13 +46,22 @@ from .core import (
 )
 from .errors import ParameterError
 
-__all__ = ["clahe"]
+__all__ = ["Redistribution", "clahe"]
 
 #: Upper bound on tiles x bins per slice, which keeps the tile mappings in memory
 #: (at most 8 bytes an entry: 256 MB at the bound).
 MAX_TILE_ENTRIES = 2**25
 #: Up to this many output levels, tile mappings hold levels and the loop rounds.
 _KERNEL_LEVELS = 65536
+
+
+class Redistribution(str, enum.Enum):
+    """Where the counts clipped off a tile's histogram go: ``"limited"`` (no bin rises
+    above the limit: Zuiderveld, scikit-image) or ``"uniform"`` (an equal share to every
+    bin: OpenCV)."""
+
+    LIMITED = "limited"
+    UNIFORM = "uniform"
 
 
 # --------------------------------------------------------------------------- validation
@@ -104,6 +115,16 @@ def _check_clip_limit(clip_limit: object) -> float | None:
     return value
 
 
+def _as_redistribution(redistribution: object) -> Redistribution:
+    try:
+        return Redistribution(redistribution)
+    except ValueError:
+        allowed = ", ".join(repr(v.value) for v in Redistribution)
+        raise ParameterError(
+            f"redistribution must be one of {allowed}, got {redistribution!r}"
+        ) from None
+
+
 # --------------------------------------------------------------------------- geometry
 
 
@@ -124,9 +145,10 @@ def _axis_weights(
     """For each of ``size`` pixels along an axis: the tiles whose centres surround it and
     the weight of the second. Pixels beyond the first or last centre take that tile alone.
 
-    A tile's centre is ``start + kernel / 2`` in pixel indices, where OpenCV and
-    scikit-image put it (half a pixel past the middle of its pixels): the two peers agree
-    on it, and matching them keeps medeq's result within a fraction of a percent of theirs.
+    A tile's centre is ``start + kernel / 2`` in pixel indices (half a pixel past the
+    middle of its pixels), where OpenCV puts it; scikit-image puts it at
+    ``start + ceil(kernel / 2)``, the same for even kernels and half a pixel further for
+    odd ones.
     """
     centres = (edges[:-1] + edges[1:]) / 2.0
     pos = np.arange(size, dtype=np.float64)
@@ -181,7 +203,7 @@ def _tile_mappings(
     mask: NDArray[np.bool_] | None,
     edges: tuple[NDArray[np.intp], NDArray[np.intp]],
     nbins: int,
-    clip_limit: float | None,
+    clip: tuple[float | None, Redistribution],
     levels: int | None,
 ) -> NDArray[Any] | None:
     """Mappings of every tile of one slice; None when the mask selects nothing.
@@ -197,13 +219,14 @@ def _tile_mappings(
     luts = np.empty((*shape, nbins), dtype=lut_dtype)
     filled = np.zeros(shape, dtype=np.bool_)
     # A limit of all of a tile's pixels clips nothing.
-    limit = 1.0 if clip_limit is None else clip_limit
+    limit = 1.0 if clip[0] is None else clip[0]
+    uniform = clip[1] is Redistribution.UNIFORM
     parts = parts_for(src.size, shape[0])
     # One histogram per thread, reused tile after tile; int32 halves its cache footprint.
     scratch = np.empty((parts, nbins), dtype=np.int32 if largest < 2**31 else np.int64)
     in_bands(
         lambda part, band: _kernels().tile_mappings(
-            src, table, mask, edges, limit, levels, (luts, filled), scratch[part], band
+            src, table, mask, edges, (limit, uniform), levels, (luts, filled), scratch[part], band
         ),
         shape[0],
         parts,
@@ -261,6 +284,7 @@ def clahe(
     value_range: tuple[float, float] | None = None,
     mask: ArrayLike | None = None,
     levels: int | None = None,
+    redistribution: Redistribution | str = "limited",
 ) -> NDArray[Any]:
     """Contrast-limited adaptive histogram equalization with ``bins`` equal bins, any dtype.
 
@@ -280,10 +304,11 @@ def clahe(
         the image is mirrored about its last pixel. Default: an eighth of each dimension
         (8 x 8 tiles), as scikit-image.
     clip_limit : float or None
-        Largest share of a tile's (masked) pixels one bin may hold, in (0, 1]; counts
-        above it are spread over the bins below it. Smaller values limit contrast more.
-        None (or 1) does not clip: plain adaptive histogram equalization. The same
-        normalisation as scikit-image; OpenCV's ``clipLimit`` is ``clip_limit * bins``.
+        Largest share of a tile's (masked) pixels one bin may hold, in (0, 1]; the counts
+        above it are spread back over the bins (see ``redistribution``). Smaller values
+        limit contrast more. None (or 1) does not clip: plain adaptive histogram
+        equalization. The same normalisation as scikit-image; OpenCV's ``clipLimit`` is
+        ``clip_limit * bins``.
     value_range : (float, float), optional
         The interval the bins cover (whole numbers, inclusive, for integer data). Values
         outside go to the end bins. Default: the (masked) data's minimum and maximum.
@@ -294,6 +319,11 @@ def clahe(
     levels : int, optional
         Number of output levels ``L`` (2 to 65536): the output is in ``[0, L - 1]``,
         uint8 for ``L <= 256``, else uint16.
+    redistribution : {"limited", "uniform"}
+        Where the clipped counts go. ``"limited"``: to the bins below the limit, never
+        lifting one above it (Zuiderveld's scheme, as scikit-image). ``"uniform"``: an
+        equal share to every bin, so the full bins end above the limit (OpenCV's
+        scheme; with OpenCV's bins, tiles and clip it gives OpenCV's result).
 
     Returns
     -------
@@ -312,17 +342,22 @@ def clahe(
     Notes
     -----
     A tile with ``N`` (masked) pixels gets the histogram ``h`` of its pixels over the
-    ``B`` common bins. With a clip limit, the limit is
-    ``c = max(floor(clip_limit * N), 1, ceil(N / B))`` (below ``N / B`` the pixels would
-    not fit). Every bin is cut to ``c`` and the ``E`` counts cut off go back without
-    lifting any bin above ``c``: ``min(E // B, c - h[k])`` to every bin, then the rest one
-    at a time to every ``s``-th bin still below ``c`` (``s = max(B // E_left, 1)``), the
-    sweeps starting at bin 0, 1, 2, ... The total stays ``N``. The tile's mapping is
-    ``lut[k] = cdf[k] / N``: :func:`medeq.equalization_lut` with ``variant="seed"``. A
-    pixel in bin ``k`` gets the bilinear blend of ``lut[k]`` of the four tiles whose
-    centres surround it (a tile starting at pixel ``s`` has its centre at
-    ``s + kernel_size / 2``, as in OpenCV and scikit-image; beyond the outermost centres,
-    of the two or one nearest), times ``L - 1``, rounded half to even.
+    ``B`` common bins. With a clip limit, the limit is ``c = max(floor(clip_limit * N),
+    1)`` and every bin is cut to ``c``. The ``E`` counts cut off go back, the total
+    staying ``N``:
+
+    - ``"limited"``: ``c`` is raised to ``ceil(N / B)`` if below (else the pixels would
+      not fit); ``min(E // B, c - h[k])`` to every bin, then the rest one at a time to
+      every ``s``-th bin still below ``c``, ``s = max(U // E_left, 1)`` for ``U`` such
+      bins, the sweeps starting at bin 0, 1, 2, ... until none is left.
+    - ``"uniform"``: ``E // B`` to every bin, then one each to bins ``0, s, 2s, ...``
+      for the ``r = E % B`` left (``s = B // r``).
+
+    The tile's mapping is ``lut[k] = cdf[k] / N``: :func:`medeq.equalization_lut` with
+    ``variant="seed"``. A pixel in bin ``k`` gets the bilinear blend of ``lut[k]`` of the
+    four tiles whose centres surround it (a tile starting at pixel ``s`` has its centre at
+    ``s + kernel_size / 2``, as in OpenCV; beyond the outermost centres, of the two or one
+    nearest), times ``L - 1``, rounded half to even.
 
     An image whose (masked) values all fall in one bin, such as a constant image, comes
     back unchanged in the output type, as from :func:`medeq.equalize`.
@@ -340,7 +375,7 @@ def clahe(
     if m is not None:
         m = np.ascontiguousarray(m)
     kernel = _check_kernel_size(kernel_size, (arr.shape[-2], arr.shape[-1]))
-    limit = _check_clip_limit(clip_limit)
+    clip = (_check_clip_limit(clip_limit), _as_redistribution(redistribution))
 
     data_range = _data_range(arr, m)
     binning = _binning(arr, bins_, vr, data_range)
@@ -373,7 +408,7 @@ def clahe(
         src_i = src[i] if stack else src
         mask_i = None if m is None else (m[i] if stack else m)
         out_i = out[i] if stack else out
-        luts = _tile_mappings(src_i, table, mask_i, edges, binning.bins, limit, lut_levels)
+        luts = _tile_mappings(src_i, table, mask_i, edges, binning.bins, clip, lut_levels)
         if luts is None:
             out_i[...] = _identity(arr[i] if stack else arr, out_levels)
         elif wide:
