@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +18,9 @@ from pydicom.data import get_testdata_file
 
 import medeq
 from medeq import OutputError
+from medeq.enhance import canonical_parameters
 
-from .conftest import shared_file
+from .conftest import shared_file, synthetic_series
 from .test_reader import EXPECTED
 
 READABLE = sorted(name for name, outcome in EXPECTED.items() if not isinstance(outcome, type))
@@ -66,6 +70,94 @@ def test_uids_are_deterministic(ct_path: str) -> None:
     uids = {x.dataset.SOPInstanceUID for x in (a, c, d)}
     assert len(uids) == 3
     assert len({a.series_uid, c.series_uid, d.series_uid}) == 3
+
+
+def test_uids_depend_on_the_images_equalized_together(tmp_path: Path) -> None:
+    # One histogram per batch: a slice equalized with its series gets other values than
+    # the same slice alone, so it must get other UIDs.
+    synthetic_series(tmp_path / "in")
+    files = sorted((tmp_path / "in").glob("CT_small_*.dcm"))
+    [series] = medeq.read_series(files)
+    together = medeq.enhance(series)
+    alone = medeq.enhance(medeq.read(files[1]))
+    index = [Path(str(im.info.path)).name for im in series.images].index(files[1].name)
+    assert not np.array_equal(together.image_pixels(index), alone.pixels)
+    assert together.headers[index].SOPInstanceUID != alone.dataset.SOPInstanceUID
+    assert together.series_uid != alone.series_uid
+    # The same batch again (read afresh) gives the same UIDs.
+    [again] = medeq.read_series(files)
+    repeat = medeq.enhance(again)
+    assert [h.SOPInstanceUID for h in repeat.headers] == [
+        h.SOPInstanceUID for h in together.headers
+    ]
+    assert repeat.series_uid == together.series_uid
+    # The batch is a set: the order the images come in does not matter.
+    images = list(series.images)
+    assert canonical_parameters(images) == canonical_parameters(images[::-1])
+    assert canonical_parameters(images) != canonical_parameters(images[:-1])
+
+
+def test_uids_alone_and_in_series_on_real_slices() -> None:
+    files = [shared_file(f"fodicom__abd1_adb1_{i}.dcm") for i in range(1, 12)]
+    [series] = medeq.read_series(files)
+    together = medeq.enhance(series)
+    alone = medeq.enhance(medeq.read(files[2]))
+    [header] = [
+        h
+        for h, im in zip(together.headers, series.images, strict=True)
+        if im.info.path == str(files[2])
+    ]
+    assert header.SOPInstanceUID != alone.dataset.SOPInstanceUID
+    assert together.series_uid != alone.series_uid
+
+
+def test_keep_private_changes_the_uids(ct_path: str) -> None:
+    image = medeq.read(ct_path)
+    full, stripped = medeq.enhance(image), medeq.enhance(image, keep_private=False)
+    assert full.dataset.SOPInstanceUID != stripped.dataset.SOPInstanceUID
+    assert full.series_uid != stripped.series_uid
+    assert medeq.enhance(image, keep_private=True).series_uid == full.series_uid
+    text = canonical_parameters([image], keep_private=False)
+    assert "keep_private=False" in text
+
+
+def test_uids_are_the_same_in_another_process(ct_path: str) -> None:
+    """No per-process salt (such as str hashing) may enter the UIDs."""
+    code = (
+        "import medeq, sys; d = medeq.enhance(medeq.read(sys.argv[1]), bins=64); "
+        "print(d.dataset.SOPInstanceUID, d.series_uid)"
+    )
+    outputs = set()
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        run = subprocess.run(
+            [sys.executable, "-c", code, ct_path],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        )
+        outputs.add(run.stdout.strip())
+    here = medeq.enhance(medeq.read(ct_path), bins=64)
+    assert outputs == {f"{here.dataset.SOPInstanceUID} {here.series_uid}"}
+
+
+def test_single_valued_image_type_is_one_value(tmp_path: Path) -> None:
+    # pydicom gives a single value as a str, which must not be split into letters.
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.ImageType = "ORIGINAL"
+    assert isinstance(ds.ImageType, str)
+    out = written(medeq.read(ds), tmp_path)
+    assert list(out.ImageType) == ["DERIVED", "SECONDARY"]
+    del ds.ImageType
+    assert list(written(medeq.read(ds), tmp_path).ImageType) == ["DERIVED", "SECONDARY"]
+
+
+def test_single_valued_image_type_of_a_real_file() -> None:
+    # This CR stores "ORIGINAL PRIMARY" as ONE value (a space, not a backslash).
+    image = medeq.read(shared_file("fodicom__CR-MONO1-10-chest.dcm"))
+    assert isinstance(image.dataset.ImageType, str)
+    assert list(medeq.enhance(image).dataset.ImageType) == ["DERIVED", "SECONDARY"]
 
 
 def test_derivation_attributes(ct_path: str, tmp_path: Path) -> None:
@@ -152,6 +244,82 @@ def test_earlier_derivation_and_private_tags(tmp_path: Path) -> None:
     assert (0x0041, 0x1001) not in stripped
 
 
+def _with_element_after_pixels(
+    path: Path, source: str, transfer_syntax: str | None, *, padding: bool = True
+) -> Path:
+    ds = pydicom.dcmread(get_testdata_file(source))
+    if not padding and "DataSetTrailingPadding" in ds:
+        del ds.DataSetTrailingPadding
+    block = ds.private_block(0xE029, "MEDEQ TEST", create=True)
+    block.add_new(0x01, "LO", "after the pixels")
+    if transfer_syntax is not None:
+        ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _text(value: object) -> str:
+    return value.decode().rstrip() if isinstance(value, bytes) else str(value)
+
+
+@pytest.mark.parametrize(
+    ("source", "transfer_syntax"),
+    [
+        ("CT_small.dcm", None),
+        ("CT_small.dcm", pydicom.uid.ImplicitVRLittleEndian),
+        ("CT_small.dcm", pydicom.uid.DeflatedExplicitVRLittleEndian),
+        ("MR_small_bigendian.dcm", None),
+        ("MR_small_RLE.dcm", None),
+    ],
+)
+def test_elements_after_pixel_data_are_copied(
+    source: str, transfer_syntax: str | None, tmp_path: Path
+) -> None:
+    path = _with_element_after_pixels(tmp_path / "src.dcm", source, transfer_syntax)
+    # Written in tag order: after (7FE0,0010), before (FFFC,FFFC) padding if any.
+    assert _text(pydicom.dcmread(path)[0xE029, 0x1001].value) == "after the pixels"
+    image = medeq.read(path)
+    assert (0xE029, 0x1001) not in image.dataset  # the header read stops at the pixels
+    out = written(image, tmp_path)
+    # Implicit VR sources leave a private element's VR unknown: it stays UN, bytes unchanged.
+    assert _text(out[0xE029, 0x1001].value) == "after the pixels"
+    assert out[0xE029, 0x0010].value == "MEDEQ TEST"
+    assert "DataSetTrailingPadding" not in out
+    np.testing.assert_array_equal(out.pixel_array, medeq.enhance(image).pixels[0])
+    # A file object is read into memory: the same elements come from its bytes.
+    with open(path, "rb") as f:
+        from_memory = medeq.read(io.BytesIO(f.read()))
+    assert _text(written(from_memory, tmp_path)[0xE029, 0x1001].value) == "after the pixels"
+    stripped = written(image, tmp_path, keep_private=False)
+    assert (0xE029, 0x1001) not in stripped and (0xE029, 0x0010) not in stripped
+
+
+def test_a_truncated_element_after_the_pixels_is_left_out(tmp_path: Path) -> None:
+    path = _with_element_after_pixels(tmp_path / "src.dcm", "CT_small.dcm", None, padding=False)
+    path.write_bytes(path.read_bytes()[:-3])
+    out = written(medeq.read(path), tmp_path)
+    assert out[0xE029, 0x0010].value == "MEDEQ TEST"
+    assert (0xE029, 0x1001) not in out
+
+
+def test_pixel_data_group_is_not_copied(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.ExtendedOffsetTable = b"\0" * 8
+    ds.ExtendedOffsetTableLengths = b"\0" * 8
+    out = written(medeq.read(ds), tmp_path)
+    assert [e.tag for e in out if e.tag.group == 0x7FE0] == [0x7FE00010]
+
+
+def test_private_elements_after_pixel_data_of_a_real_file(tmp_path: Path) -> None:
+    image = medeq.read(shared_file("dcm4che__NM-MONO2-16-13x-heart.dcm"))
+    out = written(image, tmp_path)
+    assert out[0xE029, 0x0010].value == "TEST"
+    assert out[0xE029, 0x1001].value == "Value"
+    # Group lengths are not written (retired, PS3.5 7.2).
+    assert (0xE029, 0x0000) not in out
+    assert (0xE029, 0x1001) not in written(image, tmp_path, keep_private=False)
+
+
 def test_enhanced_multiframe_functional_groups(tmp_path: Path) -> None:
     image = medeq.read(shared_file("pydicomdata__eCT_Supplemental.dcm"))
     derived = medeq.enhance(image)
@@ -168,7 +336,21 @@ def test_enhanced_multiframe_functional_groups(tmp_path: Path) -> None:
     assert float(voi.WindowCenter) == center and float(voi.WindowWidth) == width
     assert "RedPaletteColorLookupTableDescriptor" not in out
     assert out.NumberOfFrames == 2
-    assert list(out.SourceImageSequence[0].ReferencedFrameNumber) == [1, 2]
+    # The derivation goes into the Derivation Image functional group (C.7.6.16.2.6).
+    for keyword in ("SourceImageSequence", "DerivationDescription"):
+        assert keyword not in out
+    [macro] = shared.DerivationImageSequence
+    assert macro.DerivationDescription == derived.description
+    assert macro.DerivationCodeSequence[0].CodingSchemeDesignator == "99MEDEQ"
+    [ref] = macro.SourceImageSequence
+    assert ref.ReferencedSOPInstanceUID == image.info.sop_instance_uid
+    assert list(ref.ReferencedFrameNumber) == [1, 2]
+    assert ref.SpatialLocationsPreserved == "YES"
+    [study] = out.SourceImageEvidenceSequence
+    assert study.StudyInstanceUID == image.info.study_instance_uid
+    [series] = study.ReferencedSeriesSequence
+    assert series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == ref.ReferencedSOPInstanceUID
+    assert shared.CTImageFrameTypeSequence[0].PixelPresentation == "MONOCHROME"
     np.testing.assert_array_equal(out.pixel_array, derived.pixels)
 
 

@@ -176,11 +176,15 @@ def canonical_parameters(
     variant: core.Variant | str = "standard",
     clip_limit: float = 0.01,
     kernel_size: int | tuple[int, int] | None = None,
+    keep_private: bool = True,
 ) -> str:
     """The parameters as one canonical text, from the arguments and headers alone.
 
     With the source UIDs it fixes the derived UIDs, so they can be predicted without
-    decoding a pixel (a resumed batch recognises its own outputs).
+    decoding a pixel (a resumed batch recognises its own outputs). Besides the options it
+    holds what else decides an output's content: which images were equalized together
+    (one histogram over a series gives a slice other values than its own histogram) and
+    ``keep_private`` (which decides the header).
     """
     spec = parse_window(window)
     if isinstance(spec, Window):
@@ -205,11 +209,23 @@ def canonical_parameters(
         "levels": levels or default_levels(images),
         "per_slice": bool(per_slice),
         "variant": core.Variant(variant).value,
+        "images": batch_digest(images),
+        "keep_private": bool(keep_private),
     }
     if how is Method.CLAHE:
         fields["clip_limit"] = f"{float(clip_limit):g}"
         fields["kernel_size"] = kernel_size
     return ";".join(f"{k}={v}" for k, v in sorted(fields.items()))
+
+
+def batch_digest(images: list[DicomImage]) -> str:
+    """A digest of the set of images equalized together: their sorted SOP Instance UIDs.
+
+    Sorted, so that the order the images come in does not matter; hashed, so that the
+    canonical text stays short for a series of any length.
+    """
+    uids = sorted(im.info.sop_instance_uid for im in images)
+    return hashlib.sha256("\n".join(uids).encode()).hexdigest()[:16]
 
 
 def default_levels(images: list[DicomImage]) -> int:
@@ -298,6 +314,7 @@ def describe(
         variant=variant,
         clip_limit=clip_limit,
         kernel_size=kernel_size,
+        keep_private=keep_private,
     )
     from . import __version__
 

@@ -12,7 +12,9 @@ What changes in an output, and why (PS3.3 C.7.6.1, C.12.1, C.11; docs/conformanc
   Intercept 0, Type US; Modality and VOI LUT Sequences are removed and one window showing
   the output range is written. Enhanced multi-frame objects get the same inside their
   functional groups.
-- Everything else is copied unchanged (private tags too, unless asked otherwise).
+- Everything else is copied unchanged (private tags too, unless asked otherwise),
+  including the elements a source stores after (7FE0,0010) *Pixel Data*, which the
+  header read (it stops at the pixels) does not see: they are read from the file here.
 """
 
 from __future__ import annotations
@@ -24,14 +26,20 @@ import logging
 import math
 import os
 import pickle
-from collections.abc import Sequence
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from io import BytesIO
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import pydicom
 from numpy.typing import NDArray
+from pydicom.charset import convert_encodings
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import data_element_generator
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, generate_uid
 from pydicom.valuerep import format_number_as_ds
@@ -53,6 +61,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MANUFACTURER = "medeq"
+#: (Code Value, Coding Scheme Designator, Code Meaning) of the derivation, in a private
+#: coding scheme ("99" prefix, PS3.16 8.2): CID 7203 has no histogram equalization.
+DERIVATION_CODE = ("HISTEQ", "99MEDEQ", "Histogram equalization")
 #: Constant implementation UID of medeq, derived under pydicom's root.
 IMPLEMENTATION_UID = generate_uid(entropy_srcs=["medeq implementation"])
 
@@ -201,6 +212,170 @@ def output_bits(levels: int) -> tuple[int, int]:
     return (8 if stored <= 8 else 16), stored
 
 
+# --------------------------------------------------------------------------- after the pixels
+
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+#: Where a header read with ``stop_before_pixels`` stops.
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+#: Explicit VRs with a 4-byte length (PS3.5 Table 7.1-1).
+_LONG_VRS = frozenset(
+    vr.encode()
+    for vr in ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV")
+)
+
+
+class _Skipper:
+    """Steps over encoded elements by their lengths, reading no value (PS3.5 7.1, 7.5)."""
+
+    def __init__(self, fp: BinaryIO, *, implicit: bool, little: bool) -> None:
+        self.fp = fp
+        self.implicit = implicit
+        self.order = "<" if little else ">"
+
+    def header(self) -> tuple[int, bytes | None, int] | None:
+        """(tag, explicit VR or None, value length) of the next element; None at the end."""
+        data = self.fp.read(8)
+        if len(data) < 8:
+            return None
+        group, element = struct.unpack(self.order + "HH", data[:4])
+        vr = data[4:6]
+        # Items and delimiters carry no VR; some writers switch to implicit VR inside
+        # explicit data, which shows as a "VR" that is not two capital letters.
+        if group == 0xFFFE or self.implicit or not (b"AA" <= vr <= b"ZZ"):
+            return group << 16 | element, None, struct.unpack(self.order + "L", data[4:])[0]
+        if vr in _LONG_VRS:
+            return group << 16 | element, vr, struct.unpack(self.order + "L", self.fp.read(4))[0]
+        return group << 16 | element, vr, struct.unpack(self.order + "H", data[6:])[0]
+
+    def skip(self, vr: bytes | None, length: int) -> None:
+        """Step over a value; one of undefined length is a run of items up to a delimiter."""
+        if length != _UNDEFINED:
+            self.fp.seek(length, os.SEEK_CUR)
+            return
+        # An undefined-length UN value is encoded in implicit VR little endian (PS3.5 6.2.2).
+        inner = _Skipper(self.fp, implicit=True, little=True) if vr == b"UN" else self
+        while True:
+            item = inner.header()
+            if item is None or item[0] not in (_ITEM, _SEQUENCE_END):
+                raise ValueError("undefined-length value without its sequence delimiter")
+            tag, _, item_length = item
+            if tag == _SEQUENCE_END:
+                return
+            if item_length != _UNDEFINED:
+                self.fp.seek(item_length, os.SEEK_CUR)
+                continue
+            while True:
+                nested = inner.header()
+                if nested is None:
+                    raise ValueError("undefined-length item without its delimiter")
+                if nested[0] == _ITEM_END:
+                    break
+                inner.skip(nested[1], nested[2])
+
+
+def _skip_file_meta(fp: BinaryIO) -> None:
+    """Leave ``fp`` at the start of the data set: past the preamble and group 0002."""
+    if fp.read(132)[128:] != b"DICM":
+        fp.seek(0)
+    meta = _Skipper(fp, implicit=False, little=True)
+    while True:
+        start = fp.tell()
+        element = meta.header()
+        if element is None or element[0] >> 16 != 0x0002:
+            fp.seek(start)
+            return
+        meta.skip(element[1], element[2])
+
+
+def _resume(walker: _Skipper, header: Dataset) -> bool:
+    """Seek to the end of the last element of ``header``, if its position is known.
+
+    Elements not yet converted keep their place in the file and their length: the end of
+    the last one read is where the pixel data starts, which spares walking the whole
+    header again. The tag found in front of the value confirms the place.
+    """
+    # The last few suffice: past them, walking from the start costs no more.
+    for tag in reversed(list(header.keys())[-8:]):
+        # pydicom's annotation omits that get_item returns elements not yet converted.
+        raw = cast(DataElement | RawDataElement, header.get_item(tag))
+        if not isinstance(raw, RawDataElement) or raw.length == _UNDEFINED:
+            continue
+        long_length = not walker.implicit and str(raw.VR).encode() in _LONG_VRS
+        walker.fp.seek(raw.value_tell - (12 if long_length else 8))
+        if walker.fp.read(4) != struct.pack(walker.order + "HH", tag >> 16, tag & 0xFFFF):
+            return False
+        walker.fp.seek(raw.value_tell + raw.length)
+        return True
+    return False
+
+
+def _copyable(tag: int) -> bool:
+    """Not command/meta groups, group lengths, pixel data (7FE0), padding or delimiters."""
+    group = tag >> 16
+    return group >= 0x0008 and tag & 0xFFFF != 0 and group not in (0x7FE0, 0xFFFC, 0xFFFE)
+
+
+def trailing_elements(source: DicomImage) -> list[DataElement | RawDataElement]:
+    """Top-level elements stored after the pixel data of a file source.
+
+    A header read with ``stop_before_pixels`` never sees them (vendors put private
+    groups there). The file is walked element by element, each value stepped over by its
+    length (the pixel data's fragments too), and only what follows the pixel data is
+    parsed; a source that is a Dataset already holds them, and gives none here. Elements
+    of group 7FE0, (FFFC,FFFC) *Data Set Trailing Padding* and group lengths are left
+    out. A file that cannot be walked gives what could be read, and a debug log line.
+    """
+    stored = getattr(source, "_source", None)
+    if isinstance(stored, Dataset):
+        return []
+    found: list[DataElement | RawDataElement] = []
+    try:
+        if isinstance(stored, bytes):
+            fp: BinaryIO = BytesIO(stored)
+        elif source.info.path:
+            fp = open(source.info.path, "rb")  # noqa: SIM115 - closed by the with below
+        else:
+            return []
+        with fp:
+            for element in _after_pixels(fp, source):
+                if _copyable(element.tag):
+                    found.append(element)
+    except Exception as exc:  # a malformed or changed file: keep what was read
+        logger.debug("%s: elements after (7FE0,0010) Pixel Data not read: %s", source.name, exc)
+    return found
+
+
+def _after_pixels(fp: BinaryIO, source: DicomImage) -> Iterator[DataElement | RawDataElement]:
+    implicit, little = source.dataset.original_encoding
+    if implicit is None or little is None:
+        return
+    walker = _Skipper(fp, implicit=implicit, little=little)
+    if source.info.transfer_syntax == pydicom.uid.DeflatedExplicitVRLittleEndian:
+        _skip_file_meta(fp)
+        walker.fp = fp = BytesIO(zlib.decompress(fp.read(), -zlib.MAX_WBITS))
+    elif not _resume(walker, source.dataset):
+        _skip_file_meta(fp)
+    while True:
+        element = walker.header()
+        if element is None:
+            return  # no pixel data: the header read saw every element
+        walker.skip(element[1], element[2])
+        if element[0] in _PIXEL_TAGS:
+            break
+    charset = source.dataset.get("SpecificCharacterSet") or "ISO_IR 6"
+    for raw in data_element_generator(fp, implicit, little, encoding=convert_encodings(charset)):
+        truncated = (
+            isinstance(raw, RawDataElement)
+            and raw.length != _UNDEFINED
+            and raw.value is not None
+            and len(raw.value) < raw.length
+        )
+        if truncated:
+            return  # the file ends inside this value
+        yield raw
+
+
 def derive_header(
     source: DicomImage,
     *,
@@ -242,10 +417,18 @@ def derive_header(
         # writer, which needs the original encoding forgotten.
         if tuple(src.original_encoding) != (False, True):
             ds.set_original_encoding(None, None)
+        for element in trailing_elements(source):
+            if element.tag not in ds:
+                ds[element.tag] = element
         now = now or datetime.datetime.now().astimezone()
         for keyword in _STALE:
             if keyword in ds:
                 del ds[keyword]
+        # Pixel data and what describes its encoding (Extended Offset Table) are rewritten.
+        tags = list(ds.keys())
+        for tag in tags:
+            if tag.group == 0x7FE0:
+                del ds[tag]
         if str(ds.get("PixelPresentation") or "") in ("COLOR", "MIXED"):
             ds.PixelPresentation = "MONOCHROME"
         if source.info.sop_class_uid == ENHANCED_MR:
@@ -292,25 +475,22 @@ def derive_header(
             ds.WindowWidth = _ds(width)
             ds.WindowCenterWidthExplanation = "EQUALIZED"
 
-        image_type = [str(v) for v in (src.get("ImageType") or [])]
+        image_type = _values(src.get("ImageType"))
         ds.ImageType = ["DERIVED", _second_value(image_type, source, enhanced), *image_type[2:]]
-        earlier = str(src.get("DerivationDescription") or "").strip()
-        text = f"{earlier}; {description}" if earlier else description
-        if len(text) > 1024:
-            keep = 1024 - len(description) - 5
-            text = (f"{earlier[:keep]}...; {description}" if keep > 0 else description)[:1024]
-        ds.DerivationDescription = text
-
-        reference = Dataset()
-        reference.ReferencedSOPClassUID = source.info.sop_class_uid
-        reference.ReferencedSOPInstanceUID = source.info.sop_instance_uid
-        if source.info.frames > 1:
-            reference.ReferencedFrameNumber = list(range(1, source.info.frames + 1))
-        reference.PurposeOfReferenceCodeSequence = DicomSequence(
-            [_code("121322", "Source image for image processing operation")]
-        )
-        reference.SpatialLocationsPreserved = "YES"
-        ds.SourceImageSequence = DicomSequence([reference])
+        text = _derivation_text(_earlier_description(src), description)
+        frames = list(range(1, source.info.frames + 1))
+        if has_groups:
+            # Enhanced objects record the derivation per frame, in the Derivation Image
+            # functional group (C.7.6.16.2.6); their IODs have no top-level place for it.
+            for name in ("DerivationDescription", "SourceImageSequence"):
+                if name in ds:
+                    del ds[name]
+            _set_derivation_group(ds, text, source)
+            # Earlier evidence listed the source's own sources, no longer referenced.
+            ds.SourceImageEvidenceSequence = _source_evidence(source)
+        else:
+            ds.DerivationDescription = text
+            ds.SourceImageSequence = DicomSequence([_source_reference(source, frames)])
 
         equipment = Dataset()
         equipment.PurposeOfReferenceCodeSequence = DicomSequence(
@@ -345,6 +525,100 @@ def derive_header(
         meta.ImplementationVersionName = f"MEDEQ_{_version()}"[:16]
         ds.file_meta = meta
         return ds
+
+
+def _earlier_description(src: Dataset) -> str:
+    """The source's own Derivation Description, top-level or in its functional groups."""
+    text = str(src.get("DerivationDescription") or "").strip()
+    if text:
+        return text
+    for group in _groups(src)[:2]:  # the shared item, else the first frame's
+        for item in group.get("DerivationImageSequence") or []:
+            text = str(item.get("DerivationDescription") or "").strip()
+            if text:
+                return text
+    return ""
+
+
+def _derivation_text(earlier: str, description: str) -> str:
+    """``description`` after any earlier text, within the 1024 characters of ST."""
+    text = f"{earlier}; {description}" if earlier else description
+    if len(text) > 1024:
+        keep = 1024 - len(description) - 5
+        text = (f"{earlier[:keep]}...; {description}" if keep > 0 else description)[:1024]
+    return text
+
+
+def _source_reference(source: DicomImage, frames: list[int]) -> Dataset:
+    """A Source Image Sequence item: the source (and its frames), purpose 121322."""
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = source.info.sop_class_uid
+    reference.ReferencedSOPInstanceUID = source.info.sop_instance_uid
+    if source.info.frames > 1:
+        reference.ReferencedFrameNumber = frames
+    reference.PurposeOfReferenceCodeSequence = DicomSequence(
+        [_code("121322", "Source image for image processing operation")]
+    )
+    reference.SpatialLocationsPreserved = "YES"
+    return reference
+
+
+def _set_derivation_group(ds: Dataset, text: str, source: DicomImage) -> None:
+    """Write the Derivation Image functional group: shared, or per frame if it was so.
+
+    Its (0008,9215) Derivation Code Sequence is Type 1, and CID 7203 has no code for
+    histogram equalization, so a code of medeq's private scheme is used.
+    """
+
+    def macro(frames: list[int]) -> DicomSequence:
+        item = Dataset()
+        item.DerivationDescription = text
+        code = Dataset()
+        code.CodeValue = DERIVATION_CODE[0]
+        code.CodingSchemeDesignator = DERIVATION_CODE[1]
+        code.CodeMeaning = DERIVATION_CODE[2]
+        item.DerivationCodeSequence = DicomSequence([code])
+        item.SourceImageSequence = DicomSequence([_source_reference(source, frames)])
+        return DicomSequence([item])
+
+    per_frame = list(ds.get("PerFrameFunctionalGroupsSequence") or [])
+    # A macro sits in the shared item or in every per-frame item, never both.
+    if per_frame and all("DerivationImageSequence" in group for group in per_frame):
+        for number, group in enumerate(per_frame, start=1):
+            group.DerivationImageSequence = macro([number])
+        return
+    for group in per_frame:
+        if "DerivationImageSequence" in group:
+            del group.DerivationImageSequence
+    frames = list(range(1, source.info.frames + 1))
+    ds.SharedFunctionalGroupsSequence[0].DerivationImageSequence = macro(frames)
+
+
+def _source_evidence(source: DicomImage) -> DicomSequence:
+    """(0008,9154) Source Image Evidence Sequence: the source, by study and series.
+
+    It lists every instance the derivation functional groups reference, here the one
+    source; the enhanced image modules require it (Type 1C) once they reference any.
+    """
+    sop = Dataset()
+    sop.ReferencedSOPClassUID = source.info.sop_class_uid
+    sop.ReferencedSOPInstanceUID = source.info.sop_instance_uid
+    series = Dataset()
+    series.SeriesInstanceUID = source.info.series_instance_uid
+    series.ReferencedSOPSequence = DicomSequence([sop])
+    study = Dataset()
+    study.StudyInstanceUID = source.info.study_instance_uid
+    study.ReferencedSeriesSequence = DicomSequence([series])
+    return DicomSequence([study])
+
+
+def _values(value: Any) -> list[str]:
+    """The values of a string element: a single value is a ``str``, not a list of letters."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
 
 
 def _second_value(values: list[str], source: DicomImage, enhanced: bool) -> str:
@@ -427,8 +701,9 @@ def _update_functional_groups(ds: Dataset, center: float, width: float) -> None:
             if element.keyword.endswith("FrameTypeSequence") and element.value:
                 item = element.value[0]
                 if "FrameType" in item:
-                    values = [str(v) for v in item.FrameType]
-                    item.FrameType = ["DERIVED", *values[1:]]
+                    item.FrameType = ["DERIVED", *_values(item.FrameType)[1:]]
+                if str(item.get("PixelPresentation") or "") in ("COLOR", "MIXED"):
+                    item.PixelPresentation = "MONOCHROME"
 
 
 def _fill_rescale(item: Dataset) -> None:
