@@ -302,3 +302,15 @@ def test_a_broken_copy_never_stands_in_for_a_good_one(tmp_path: Path, jobs: int)
         f"same (0008,0018) SOP Instance UID as {src / 'a0.dcm'}: converted once",
     )
     assert again.exit_code == 0
+
+
+def test_rerun_without_private_attributes_recognises_its_outputs(tmp_path: Path) -> None:
+    ct = get_testdata_file("CT_small.dcm")
+    first = medeq.convert([ct], tmp_path / "out", jobs=1, keep_private=False)
+    assert first.totals["converted"] == 1
+    again = medeq.convert([ct], tmp_path / "out", jobs=1, keep_private=False)
+    assert again.totals["skipped"] == 1 and again.exit_code == 0
+    # The same folder with private attributes kept is another output: it is not replaced.
+    other = medeq.convert([ct], tmp_path / "out", jobs=1)
+    assert other.totals["failed"] == 1
+    assert "is not this command's output for these parameters" in str(other.files[0].error)

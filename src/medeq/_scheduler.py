@@ -236,66 +236,79 @@ class Scheduler:
         if terminate is not None:
             terminate()  # shuts the pool down too
             return
+        # Ended first, so that the pool fails its futures as broken; cancelling them
+        # first would kill its manager thread instead (see scan).
         processes = list((getattr(self.pool, "_processes", None) or {}).values())
-        self.pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             process.terminate()
+        self.pool.shutdown(wait=False)
 
     def close(self) -> None:
         """Shut the pool down, waiting for its processes (unless a failure already did)."""
         if not self.closed:
             self.closed = True
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool.shutdown(wait=True)
 
     def scan(self, files: list[Path]) -> list[DicomImage | str]:
         """Headers of ``files`` (or error messages), read in batches by the workers.
 
         Until the first worker is up (each imports medeq, which takes half a second),
-        this process reads batches from the front of the list; then it hands the rest to
-        the pool and reads from the back whatever no worker has taken yet (cancelling
-        it in the pool). Reading a header runs no C decoder, so a
-        worker should not die on one; if the pool breaks anyway (the OOM killer), the
-        batches it lost are read here too.
+        this process reads batches from the front of the list; then it keeps the pool a
+        few batches from the front and reads from the back itself, until the two meet.
+        Reading a header runs no C decoder, so a worker should not die on one; if the
+        pool breaks anyway (the OOM killer), the batches it lost are read here too.
         """
         names = [str(f) for f in files]
         size = max(1, min(32, len(names) // (4 * self.workers)))
         batches = [names[i : i + size] for i in range(0, len(names), size)]
-        read_here = isinstance(self.pool, Inline)
+        if isinstance(self.pool, Inline):
+            return [image for batch in batches for image in read_headers(batch)]
         done: list[list[DicomImage | str] | None] = [None] * len(batches)
         broken = False
         try:
-            if read_here:
-                done = [read_headers(batch) for batch in batches]
-            else:
-                # Until a worker is up, read here from the front.
-                ready = [self.pool.submit(_ready) for _ in range(self.workers)]
-                first = 0
-                while first < len(batches) and not any(r.done() for r in ready):
-                    done[first] = read_headers(batches[first])
-                    first += 1
-                futures: dict[int, Future[list[DicomImage | str]]] = {
-                    i: self.pool.submit(read_headers, batches[i])
-                    for i in range(first, len(batches))
-                }
-                # Then from the back, whatever the workers have not taken yet.
-                for i in reversed(range(first, len(batches))):
-                    if futures[i].cancel():
+            ready = [self.pool.submit(_ready) for _ in range(self.workers)]
+            front, back = (
+                0,
+                len(batches),
+            )  # the pool takes batches[front], this process batches[back - 1]
+            while front < back and not any(r.done() for r in ready):
+                done[front] = read_headers(batches[front])
+                front += 1
+            # No future is ever cancelled: a cancelled future in a pool that then breaks
+            # kills the pool's manager thread (Python 3.11), which leaves workers hanging.
+            inflight: dict[Future[list[DicomImage | str]], int] = {}
+            while front < back or inflight:
+                while front < back and not broken and len(inflight) < 2 * self.workers:
+                    inflight[self.pool.submit(read_headers, batches[front])] = front
+                    front += 1
+                if front < back:
+                    back -= 1
+                    done[back] = read_headers(batches[back])
+                    finished = [f for f in inflight if f.done()]
+                else:
+                    finished = list(wait(list(inflight), return_when=FIRST_COMPLETED)[0])
+                for future in finished:
+                    i = inflight.pop(future)
+                    try:
+                        done[i] = future.result()
+                    except BrokenProcessPool:
+                        broken = True
                         done[i] = read_headers(batches[i])
-                for i, future in futures.items():
-                    if done[i] is None:
-                        try:
-                            done[i] = future.result()
-                        except BrokenProcessPool:
-                            broken = True
-                            done[i] = read_headers(batches[i])
         except BaseException:
             self.abort()
             raise
-        headers = [image for batch in done if batch is not None for image in batch]
         if broken:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = self._new_pool()
-        return headers
+            self._replace_pool()
+        return [image for batch in done if batch is not None for image in batch]
+
+    def _replace_pool(self) -> None:
+        """Retire a broken pool (ending whatever is left of its processes); start anew."""
+        processes = list((getattr(self.pool, "_processes", None) or {}).values())
+        self.pool.shutdown(wait=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        self.pool = self._new_pool()
 
     def _recover(self, crashed: list[Task]) -> None:
         """Rebuild the pool; rerun the tasks that were in flight one at a time.
@@ -304,10 +317,7 @@ class Scheduler:
         """
         tasks = crashed + list(self.pending.values())
         self.pending.clear()
-        # The broken pool's processes are gone or being terminated: wait for its
-        # threads, so nothing of it is left to be finalised at some later moment.
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        self.pool = self._new_pool()
+        self._replace_pool()
         if len(tasks) == 1:
             task = tasks[0]
             path = task.job.images[task.index].info.path

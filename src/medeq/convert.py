@@ -458,7 +458,7 @@ def convert(
     warm: threading.Thread | None = None
     try:
         headers = scheduler.scan([file for file, _ in pairs])
-        jobs_todo = _plan(pairs, headers, out, enhance_options, overwrite, dry_run, settle)
+        jobs_todo = _plan(pairs, headers, out, settings, dry_run, settle)
         if not dry_run and jobs_todo:
             slice_wise = (
                 how is Method.GLOBAL and not per_slice and mask in (None, "none") and not figure
@@ -505,11 +505,11 @@ def _plan(
     pairs: list[tuple[Path, Path]],
     headers: list[DicomImage | str],
     out: Path,
-    options: dict[str, Any],
-    overwrite: bool,
+    settings: _Settings,
     dry_run: bool,
     settle: Callable[[FileResult], None],
 ) -> list[Job]:
+    overwrite = settings.overwrite
     groups: dict[str, list[tuple[DicomImage, Path]]] = {}
     taken: set[Path] = set()
     for (file, root), image in zip(pairs, headers, strict=True):
@@ -535,7 +535,9 @@ def _plan(
         # Images of different sizes cannot share a volume histogram: one job each.
         batches = [series.images] if series.stackable else [[im] for im in series.images]
         for batch in batches:
-            canonical = canonical_parameters(batch, **options)
+            canonical = canonical_parameters(
+                batch, keep_private=settings.keep_private, **settings.enhance
+            )
             series_out = derived_uid(
                 batch[0].info.series_instance_uid or batch[0].info.sop_instance_uid,
                 canonical,
