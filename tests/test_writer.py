@@ -507,3 +507,52 @@ def test_clahe_method_on_real_files(name: str, tmp_path: Path) -> None:
     assert local.after.rms_contrast > 0.5 * local.before.rms_contrast
     [path] = medeq.write(local, tmp_path / "c.dcm")
     np.testing.assert_array_equal(pydicom.dcmread(path).pixel_array, local.pixels[0])
+
+
+#: For each compressed transfer syntax: the DCMTK or GDCM tool that decompresses it to
+#: explicit VR little endian (DCMTK has no JPEG 2000 decoder), and DCMTK's renderer.
+_DECOMPRESS = {
+    "rle": (["dcmdrle"], "dcmj2pnm"),
+    "jpeg-ls": (["dcmdjpls"], "dcml2pnm"),
+    "jpeg2000": (["gdcmconv", "--raw"], "dcmj2pnm"),
+}
+
+
+@pytest.mark.parametrize("ts", sorted(_DECOMPRESS))
+@pytest.mark.parametrize(
+    "name",
+    ["wg04__CT1_UNC.dcm", "fodicom__CR-MONO1-10-chest.dcm", "pydicom__MR_small_bigendian.dcm"],
+)
+def test_compressed_outputs_decode_in_other_toolkits(ts: str, name: str, tmp_path: Path) -> None:
+    """DCMTK (and GDCM for JPEG 2000) decode what medeq encoded to the very same pixels."""
+    decompress, renderer = _DECOMPRESS[ts]
+    missing = [tool for tool in ("dcmdump", decompress[0], renderer) if not shutil.which(tool)]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (dcmtk, libgdcm-tools)")
+    derived = medeq.enhance(medeq.read(shared_file(name)))
+    [out] = medeq.write(derived, tmp_path / "out.dcm", transfer_syntax=ts)
+    dump = subprocess.run(["dcmdump", str(out)], capture_output=True, text=True, check=False)
+    assert dump.returncode == 0, dump.stderr
+    raw = tmp_path / "raw.dcm"
+    run = subprocess.run(
+        [*decompress, str(out), str(raw)], capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    decoded = pydicom.dcmread(raw)
+    assert decoded.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    np.testing.assert_array_equal(decoded.pixel_array.reshape(derived.pixels.shape), derived.pixels)
+    png = tmp_path / "out.png"
+    render = subprocess.run(
+        [
+            renderer,
+            "--write-png",
+            "--use-window",
+            "1",
+            str(out if ts != "jpeg2000" else raw),
+            str(png),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert render.returncode == 0 and png.stat().st_size > 0, render.stderr
