@@ -395,3 +395,31 @@ def test_undecodable_codestream_lists_each_decoder() -> None:
         r"( \[[\w-]+: .+\])+",
         message,
     ), message
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "wg04__CT1_UNC.dcm",
+        "wg04__CT1_J2KR.dcm",
+        "fodicom__CR-MONO1-10-chest.dcm",  # no preamble: transfer syntax inferred
+        "pydicom__MR_small_bigendian.dcm",
+        "dcmqa12bit__In_12bitSigned_0x0F0F.dcm",
+    ],
+)
+def test_read_whole_equals_read(name: str) -> None:
+    from medeq.reader import read_whole
+
+    path = shared_file(name)
+    a, b = medeq.read(path), read_whole(path)
+    assert a.info == b.info
+    np.testing.assert_array_equal(a.stored, b.stored)
+
+
+def test_read_whole_refuses_what_decoding_refuses() -> None:
+    from medeq.reader import read_whole
+
+    with pytest.raises(medeq.CorruptPixelDataError, match="Pixel Data"):
+        _ = read_whole(shared_file("derived__CT1_UNC_truncated_in_pixeldata.dcm")).stored
+    with pytest.raises(medeq.UnsupportedImageError, match="colour image"):
+        read_whole(shared_file("pydicom__examples_palette.dcm"))

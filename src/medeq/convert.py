@@ -40,7 +40,7 @@ from ._slicewise import CountedEqualization, SliceCounts, count_values, equalize
 from .enhance import Method, canonical_parameters, enhance
 from .errors import MedeqError, OutputError, ParameterError
 from .normalize import VoiPlan, WindowSpec, parse_window, voi_plan
-from .reader import DicomImage, ImageInfo, logged_warnings, read
+from .reader import DicomImage, ImageInfo, logged_warnings, read_whole
 from .series import Series, _make_series, find_dicom_files
 from .writer import TransferSyntax, derive_header, derived_uid, sidecar, write_image
 
@@ -166,7 +166,7 @@ def _decode_task(info: ImageInfo, quiet: bool) -> tuple[NDArray[Any] | None, str
 
 def _slice_values(path: str, sop_uid: str, plan: VoiPlan) -> tuple[DicomImage, NDArray[Any]]:
     """Read one file again in a worker and normalise its values as the plan says."""
-    image = read(path)
+    image = read_whole(path)
     if image.info.sop_instance_uid != sop_uid:
         raise OutputError(
             f"{path}: changed during the conversion ((0008,0018) SOP Instance UID is now "

@@ -243,8 +243,27 @@ def read_info(source: Source) -> ImageInfo:
     return info
 
 
-def _read_header(source: Source) -> tuple[Dataset, bytes | Path | Dataset, str | None, bool]:
-    """The header, what to decode pixels from later, the file name (if any), 'ts inferred'."""
+def read_whole(path: str | os.PathLike[str]) -> DicomImage:
+    """:func:`read` a file in one pass, pixel data included.
+
+    :func:`read` parses the header and, on first use of the pixels, the whole file again;
+    a caller that wants the pixels at once (a conversion's worker) parses it once here.
+    Raises what :func:`read` and decoding raise.
+    """
+    header, src, name, inferred = _read_header(Path(path), whole=True)
+    info = _info(header, name, inferred)
+    _check_complete(header, info)
+    _check_grey(header, info)
+    return DicomImage(header, info, src)
+
+
+def _read_header(
+    source: Source, *, whole: bool = False
+) -> tuple[Dataset, bytes | Path | Dataset, str | None, bool]:
+    """The header, what to decode pixels from later, the file name (if any), 'ts inferred'.
+
+    ``whole``: parse a file's pixel data too; the dataset is then also the pixel source.
+    """
     if isinstance(source, Dataset):
         path = str(source.filename) if isinstance(source.get("filename"), str) else None
         ts = _file_meta(source).get("TransferSyntaxUID")
@@ -258,8 +277,8 @@ def _read_header(source: Source) -> tuple[Dataset, bytes | Path | Dataset, str |
             raise NotDicomError(f"{name}: is a folder, not a DICOM file (use read_series)")
         if p.stat().st_size == 0:
             raise NotDicomError(f"{name}: empty file (0 bytes)")
-        header, inferred = _parse(p, name, stop_before_pixels=True)
-        return header, p, name, inferred
+        header, inferred = _parse(p, name, stop_before_pixels=not whole)
+        return header, (header if whole else p), name, inferred
     if hasattr(source, "read"):
         data = source.read()
         path = _file_object_path(source)
@@ -317,7 +336,8 @@ def _parse(opener: Any, name: str, *, stop_before_pixels: bool) -> tuple[Dataset
         raise NotDicomError(
             f"{name}: not DICOM (no 'DICM' preamble, and no DICOM image attributes could be parsed)"
         )
-    if "TransferSyntaxUID" not in _file_meta(ds) and not stop_before_pixels:
+    inferred = "TransferSyntaxUID" not in _file_meta(ds)
+    if inferred and not stop_before_pixels:
         _set_inferred_transfer_syntax(ds)
     truncated = [w for w in caught if "End of file reached" in str(w.message)]
     if truncated and not stop_before_pixels:
@@ -325,7 +345,7 @@ def _parse(opener: Any, name: str, *, stop_before_pixels: bool) -> tuple[Dataset
             f"{name}: (7FE0,0010) Pixel Data is truncated: the file ends before the "
             "encapsulated data's sequence delimiter"
         )
-    return ds, "TransferSyntaxUID" not in _file_meta(ds)
+    return ds, inferred
 
 
 def _file_meta(ds: Dataset) -> Dataset:
