@@ -17,6 +17,8 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+import medeq as lib
+
 from .conftest import shared_file
 
 GOOD = ["wg04__CT1_RLE.dcm", "wg04__RG3_UNC.dcm", "pydicom__MR_small_bigendian.dcm"]
@@ -322,3 +324,23 @@ def test_convert_with_clahe(tmp_path: Path) -> None:
     assert data["parameters"]["method"] == "clahe"
     out = pydicom.dcmread(tmp_path / "out" / "wg04__RG2_UNC.dcm")
     assert "clahe" in out.DerivationDescription
+
+
+def test_convert_with_opencv_style_clahe(tmp_path: Path) -> None:
+    """--redistribution uniform reaches medeq.clahe, the description and the UIDs."""
+    ct = shared_file("wg04__CT1_RLE.dcm")
+    out_u, out_l = tmp_path / "u", tmp_path / "l"
+    common = ["--method", "clahe", "--clip-limit", "0.02", "--no-preview"]
+    medeq("convert", str(ct), "-o", str(out_u), *common, "--redistribution", "uniform", check_rc=0)
+    medeq("convert", str(ct), "-o", str(out_l), *common, check_rc=0)
+    uniform = pydicom.dcmread(out_u / ct.name)
+    limited = pydicom.dcmread(out_l / ct.name)
+    assert "uniform redistribution" in uniform.DerivationDescription
+    assert "redistribution" not in limited.DerivationDescription
+    assert uniform.SOPInstanceUID != limited.SOPInstanceUID
+    image = lib.read(ct)
+    expected = lib.enhance(image, method="clahe", clip_limit=0.02, redistribution="uniform")
+    np.testing.assert_array_equal(uniform.pixel_array, expected.pixels[0])
+    assert not np.array_equal(uniform.pixel_array, limited.pixel_array)
+    bad = medeq("convert", str(ct), "-o", str(tmp_path / "b"), *common, "--redistribution", "x")
+    assert bad.returncode == 2 and "invalid choice: 'x'" in bad.stderr

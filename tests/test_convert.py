@@ -314,3 +314,12 @@ def test_rerun_without_private_attributes_recognises_its_outputs(tmp_path: Path)
     other = medeq.convert([ct], tmp_path / "out", jobs=1)
     assert other.totals["failed"] == 1
     assert "is not this command's output for these parameters" in str(other.files[0].error)
+
+
+def test_bad_redistribution_is_refused_by_the_library(tmp_path: Path) -> None:
+    ct = get_testdata_file("CT_small.dcm")
+    with pytest.raises(medeq.ParameterError, match="redistribution must be one of"):
+        medeq.enhance(medeq.read(ct), method="clahe", redistribution="even")
+    with pytest.raises(medeq.ParameterError, match="redistribution must be one of"):
+        medeq.convert([ct], tmp_path / "out", redistribution="even")
+    assert not (tmp_path / "out").exists()

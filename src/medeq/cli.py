@@ -200,6 +200,13 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="CLAHE tile size in pixels (default: 1/8 of each side)",
     )
+    p.add_argument(
+        "--redistribution",
+        default="limited",
+        choices=["limited", "uniform"],
+        help="CLAHE: clipped counts go to the bins below the limit (limited, as "
+        "scikit-image) or to every bin (uniform, as OpenCV)",
+    )
 
 
 def _method_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -214,6 +221,7 @@ def _method_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "variant": args.variant,
         "clip_limit": args.clip_limit,
         "kernel_size": args.kernel_size,
+        "redistribution": args.redistribution,
     }
 
 

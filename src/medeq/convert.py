@@ -37,6 +37,7 @@ from numpy.typing import NDArray
 from . import _atomic, _kernels, core
 from ._scheduler import Scheduler, Task, native_stderr_silenced
 from ._slicewise import CountedEqualization, SliceCounts, count_values, equalize_counted
+from .clahe import _as_redistribution
 from .enhance import Method, canonical_parameters, enhance
 from .errors import MedeqError, OutputError, ParameterError
 from .normalize import VoiPlan, WindowSpec, parse_window, voi_plan
@@ -315,6 +316,7 @@ def convert(
     variant: core.Variant | str = "standard",
     clip_limit: float = 0.01,
     kernel_size: int | tuple[int, int] | None = None,
+    redistribution: str = "limited",
     transfer_syntax: TransferSyntax | str = "explicit-little",
     preview: bool = True,
     figure: bool = False,
@@ -334,8 +336,10 @@ def convert(
         Files, folders and DICOMDIR files.
     output : path
         The output folder; the tree below it mirrors each input's relative paths.
-    method, bins, levels, window, mask, per_slice, variant, clip_limit, kernel_size
+    method, bins, levels, window, mask, per_slice, variant
         As :func:`medeq.enhance` (``mask`` is None, "none" or "auto").
+    clip_limit, kernel_size, redistribution
+        CLAHE parameters, as :func:`medeq.enhance`.
     transfer_syntax : str
         As :func:`medeq.write`.
     preview : bool
@@ -383,6 +387,7 @@ def convert(
     core._check_levels(levels)
     core._as_variant(variant)
     parse_window(window)
+    _as_redistribution(redistribution)
     if mask not in (None, "none", "auto"):
         raise ParameterError(f"mask must be 'none' or 'auto', got {mask!r}")
     workers = (os.cpu_count() or 1) if jobs is None else jobs
@@ -400,6 +405,7 @@ def convert(
         "variant": variant,
         "clip_limit": clip_limit,
         "kernel_size": kernel_size,
+        "redistribution": redistribution,
     }
     report = Report(
         output=str(out),

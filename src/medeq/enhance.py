@@ -177,6 +177,7 @@ def canonical_parameters(
     clip_limit: float = 0.01,
     kernel_size: int | tuple[int, int] | None = None,
     keep_private: bool = True,
+    redistribution: str = "limited",
 ) -> str:
     """The parameters as one canonical text, from the arguments and headers alone.
 
@@ -215,6 +216,8 @@ def canonical_parameters(
     if how is Method.CLAHE:
         fields["clip_limit"] = f"{float(clip_limit):g}"
         fields["kernel_size"] = kernel_size
+        if str(getattr(redistribution, "value", redistribution)) != "limited":
+            fields["redistribution"] = str(getattr(redistribution, "value", redistribution))
     return ";".join(f"{k}={v}" for k, v in sorted(fields.items()))
 
 
@@ -280,6 +283,7 @@ def describe(
     kernel_size: int | tuple[int, int] | None,
     keep_private: bool,
     value_span: tuple[int, int],
+    redistribution: str = "limited",
 ) -> tuple[dict[str, Any], dict[str, Any], str, str]:
     """What a derived object records of its making.
 
@@ -303,6 +307,7 @@ def describe(
     if method is Method.CLAHE:
         parameters["clip_limit"] = clip_limit
         parameters["kernel_size"] = kernel_size
+        parameters["redistribution"] = redistribution
     canonical = canonical_parameters(
         images,
         method=method,
@@ -315,6 +320,7 @@ def describe(
         clip_limit=clip_limit,
         kernel_size=kernel_size,
         keep_private=keep_private,
+        redistribution=redistribution,
     )
     from . import __version__
 
@@ -324,6 +330,11 @@ def describe(
         f"{', per slice' if per_slice else ''}, {nbins} bins over [{lo:g}, {hi:g}], "
         f"{voi}, mask {mask_text}, {out_levels} output levels"
         + (f", clip limit {clip_limit:g}" if method is Method.CLAHE else "")
+        + (
+            f", {redistribution} redistribution"
+            if method is Method.CLAHE and redistribution != "limited"
+            else ""
+        )
     )
     first = images[0].info
     series_uid = derived_uid(
@@ -355,6 +366,7 @@ def enhance(
     clip_limit: float = 0.01,
     kernel_size: int | tuple[int, int] | None = None,
     keep_private: bool = True,
+    redistribution: str = "limited",
 ) -> Derived:
     """Equalize a DICOM image or series into a derived object, ready to write.
 
@@ -380,8 +392,9 @@ def enhance(
         Equalize every frame (slice) with its own histogram.
     variant : {"standard", "seed"}
         The LUT formula; see :func:`medeq.equalization_lut`.
-    clip_limit, kernel_size
-        CLAHE parameters (ignored by the global method).
+    clip_limit, kernel_size, redistribution
+        CLAHE parameters (ignored by the global method); ``redistribution="uniform"``
+        with OpenCV's bins and clip gives OpenCV's result (see :func:`medeq.clahe`).
     keep_private : bool
         Copy private attributes into the derived headers (default True).
 
@@ -408,6 +421,9 @@ def enhance(
     levels_ = core._check_levels(levels) or default_levels(images)
     if not isinstance(per_slice, (bool, np.bool_)):
         raise ParameterError(f"per_slice must be True or False, got {per_slice!r}")
+    from .clahe import _as_redistribution
+
+    redist = _as_redistribution(redistribution)
 
     norm = normalize(image, window=window)
     mask_arr, mask_text = _mask_for(mask, image, norm)
@@ -434,6 +450,7 @@ def enhance(
             value_range=norm.value_range,
             mask=mask_arr,
             levels=levels_,
+            redistribution=redistribution,
         )
 
     header_options, parameters, description, series_uid = describe(
@@ -454,6 +471,7 @@ def enhance(
         kernel_size=kernel_size,
         keep_private=keep_private,
         value_span=(int(pixels.min()), int(pixels.max())),
+        redistribution=redist.value,
     )
     before_counts, _ = core.histogram(
         norm.array, nbins, value_range=norm.value_range, mask=mask_arr
