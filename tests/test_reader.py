@@ -423,3 +423,26 @@ def test_read_whole_refuses_what_decoding_refuses() -> None:
         _ = read_whole(shared_file("derived__CT1_UNC_truncated_in_pixeldata.dcm")).stored
     with pytest.raises(medeq.UnsupportedImageError, match="colour image"):
         read_whole(shared_file("pydicom__examples_palette.dcm"))
+
+
+@pytest.mark.parametrize("ts", ["1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.203"])
+@pytest.mark.parametrize("name", ["wg04__CT1_UNC.dcm", "wg04__MR1_UNC.dcm"])
+def test_real_htj2k_codestreams_decode_to_the_source_pixels(
+    name: str, ts: str, tmp_path: Path
+) -> None:
+    """HTJ2K (Part 15) codestreams made by OpenJPH, through imagecodecs, read losslessly."""
+    imagecodecs = pytest.importorskip("imagecodecs")
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(shared_file(name))
+    pixels = ds.pixel_array
+    codestream = imagecodecs.htj2k_encode(pixels, level=0)
+    cap = codestream.find(b"\xff\x50")  # the CAP marker segment: Part 15 capabilities
+    assert 0 < cap < 200 and codestream[cap + 5] & 0x02  # Pcap bit 15: HTJ2K
+    ds.PixelData = encapsulate([codestream])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = ts
+    ds.save_as(tmp_path / "ht.dcm", enforce_file_format=True)
+    image = medeq.read(tmp_path / "ht.dcm")
+    assert image.info.transfer_syntax == ts
+    np.testing.assert_array_equal(image.stored[0], pixels)
