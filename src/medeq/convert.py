@@ -38,7 +38,7 @@ from . import _atomic, _kernels, core
 from ._scheduler import Scheduler, Task, native_stderr_silenced
 from ._slicewise import CountedEqualization, SliceCounts, count_values, equalize_counted
 from .clahe import _as_redistribution
-from .enhance import Method, canonical_parameters, enhance
+from .enhance import Derived, Method, canonical_parameters, enhance
 from .errors import MedeqError, OutputError, ParameterError
 from .normalize import VoiPlan, WindowSpec, parse_window, voi_plan
 from .reader import DicomImage, ImageInfo, logged_warnings, read_whole
@@ -623,16 +623,8 @@ def _equalize_job(
         _settle_failed(job, [str(exc)] * len(good), settle, good)
         return 0
     window = derived.window() if settings.preview else None
-    submitted = 0
-    for n, i in enumerate(good):
-        result = job.results[i]
-        result.quality_before = derived.before.as_dict()
-        result.quality_after = derived.after.as_dict()
-        result.series_uid_out = derived.series_uid
-        if job.done[i]:
-            result.status = "skipped"
-            settle(result)
-            continue
+
+    def write(n: int, i: int) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         # The header is derived in the worker, beside the write: that work runs in
         # parallel rather than in this process, one image after another.
         job.images[i].release()
@@ -645,8 +637,9 @@ def _equalize_job(
             settings.overwrite,
             window,
         )
-        submit(Task("write", job, i, _write_task, args))
-        submitted += 1
+        return _write_task, args
+
+    submitted = _submit_writes(job, good, derived, settle, submit, write)
     for im in images:
         im.release()
     return submitted
@@ -693,16 +686,8 @@ def _stream_job(
         job.stream = None
         return -1
     window = counted.window() if settings.preview else None
-    submitted = 0
-    for i in good:
-        result = job.results[i]
-        result.quality_before = counted.before.as_dict()
-        result.quality_after = counted.after.as_dict()
-        result.series_uid_out = counted.series_uid
-        if job.done[i]:
-            result.status = "skipped"
-            settle(result)
-            continue
+
+    def write(_: int, i: int) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         info = job.images[i].info
         args = (
             str(info.path),
@@ -714,7 +699,35 @@ def _stream_job(
             window,
             quiet,
         )
-        submit(Task("write", job, i, _counted_write_task, args))
+        return _counted_write_task, args
+
+    return _submit_writes(job, good, counted, settle, submit, write)
+
+
+def _submit_writes(
+    job: Job,
+    good: list[int],
+    made: Derived | CountedEqualization,
+    settle: Callable[[FileResult], None],
+    submit: Callable[[Task], None],
+    write: Callable[[int, int], tuple[Callable[..., Any], tuple[Any, ...]]],
+) -> int:
+    """Record what ``made`` says of each good file; submit a write for those not yet done.
+
+    ``write(n, i)`` gives the task for the n-th good file, ``job`` file ``i``. Returns how
+    many writes were submitted.
+    """
+    submitted = 0
+    for n, i in enumerate(good):
+        result = job.results[i]
+        result.quality_before = made.before.as_dict()
+        result.quality_after = made.after.as_dict()
+        result.series_uid_out = made.series_uid
+        if job.done[i]:
+            result.status = "skipped"
+            settle(result)
+            continue
+        submit(Task("write", job, i, *write(n, i)))
         submitted += 1
     return submitted
 
