@@ -213,11 +213,7 @@ def read(source: Source) -> DicomImage:
         Not an image (SR, RTSTRUCT, ...), a colour image (RGB, YBR, PALETTE COLOR), or a
         pixel module medeq cannot use.
     """
-    header, src, path, inferred = _read_header(source)
-    info = _info(header, path, inferred)
-    _check_complete(header, info)
-    _check_grey(header, info)
-    return DicomImage(header, info, src)
+    return _image(*_read_header(source))
 
 
 def read_info(source: Source) -> ImageInfo:
@@ -250,8 +246,14 @@ def read_whole(path: str | os.PathLike[str]) -> DicomImage:
     a caller that wants the pixels at once (a conversion's worker) parses it once here.
     Raises what :func:`read` and decoding raise.
     """
-    header, src, name, inferred = _read_header(Path(path), whole=True)
-    info = _info(header, name, inferred)
+    return _image(*_read_header(Path(path), whole=True))
+
+
+def _image(
+    header: Dataset, src: bytes | Path | Dataset, path: str | None, inferred: bool
+) -> DicomImage:
+    """The image of a header read by :func:`_read_header`, once its checks pass."""
+    info = _info(header, path, inferred)
     _check_complete(header, info)
     _check_grey(header, info)
     return DicomImage(header, info, src)
