@@ -115,6 +115,17 @@ def _worker_init() -> None:
     quiet_unpickling()
 
 
+def _end_workers(pool: Executor) -> None:
+    """Terminate the pool's worker processes that are still alive.
+
+    ProcessPoolExecutor has no public handle on them before Python 3.14
+    (``terminate_workers``).
+    """
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        if process.is_alive():
+            process.terminate()
+
+
 @dataclass
 class Task:
     """Work for a worker process, kept so it can be resubmitted after a worker crash."""
@@ -238,9 +249,7 @@ class Scheduler:
             return
         # Ended first, so that the pool fails its futures as broken; cancelling them
         # first would kill its manager thread instead (see scan).
-        processes = list((getattr(self.pool, "_processes", None) or {}).values())
-        for process in processes:
-            process.terminate()
+        _end_workers(self.pool)
         self.pool.shutdown(wait=False)
 
     def close(self) -> None:
@@ -303,11 +312,8 @@ class Scheduler:
 
     def _replace_pool(self) -> None:
         """Retire a broken pool (ending whatever is left of its processes); start anew."""
-        processes = list((getattr(self.pool, "_processes", None) or {}).values())
+        _end_workers(self.pool)
         self.pool.shutdown(wait=True)
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
         self.pool = self._new_pool()
 
     def _recover(self, crashed: list[Task]) -> None:
