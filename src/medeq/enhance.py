@@ -216,8 +216,11 @@ def canonical_parameters(
     if how is Method.CLAHE:
         fields["clip_limit"] = f"{float(clip_limit):g}"
         fields["kernel_size"] = kernel_size
-        if str(getattr(redistribution, "value", redistribution)) != "limited":
-            fields["redistribution"] = str(getattr(redistribution, "value", redistribution))
+        from .clahe import _as_redistribution
+
+        redist = _as_redistribution(redistribution).value
+        if redist != "limited":
+            fields["redistribution"] = redist
     return ";".join(f"{k}={v}" for k, v in sorted(fields.items()))
 
 
@@ -450,7 +453,7 @@ def enhance(
             value_range=norm.value_range,
             mask=mask_arr,
             levels=levels_,
-            redistribution=redistribution,
+            redistribution=redist,
         )
 
     header_options, parameters, description, series_uid = describe(

@@ -198,10 +198,10 @@ def _ds(value: float) -> str:
     return format_number_as_ds(float(value))
 
 
-def _code(value: str, meaning: str) -> Dataset:
+def _code(value: str, meaning: str, scheme: str = "DCM") -> Dataset:
     item = Dataset()
     item.CodeValue = value
-    item.CodingSchemeDesignator = "DCM"
+    item.CodingSchemeDesignator = scheme
     item.CodeMeaning = meaning
     return item
 
@@ -573,11 +573,8 @@ def _set_derivation_group(ds: Dataset, text: str, source: DicomImage) -> None:
     def macro(frames: list[int]) -> DicomSequence:
         item = Dataset()
         item.DerivationDescription = text
-        code = Dataset()
-        code.CodeValue = DERIVATION_CODE[0]
-        code.CodingSchemeDesignator = DERIVATION_CODE[1]
-        code.CodeMeaning = DERIVATION_CODE[2]
-        item.DerivationCodeSequence = DicomSequence([code])
+        value, scheme, meaning = DERIVATION_CODE
+        item.DerivationCodeSequence = DicomSequence([_code(value, meaning, scheme)])
         item.SourceImageSequence = DicomSequence([_source_reference(source, frames)])
         return DicomSequence([item])
 
