@@ -45,6 +45,7 @@ from pydicom.uid import UID, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
 from . import _atomic
+from ._encode import encode_file
 from .errors import OutputError, ParameterError
 from .reader import DicomImage, logged_warnings
 
@@ -750,12 +751,10 @@ def write_dataset(
 ) -> Path:
     """Write a complete dataset to ``path`` atomically (DICOM file format)."""
 
-    def save(f: BinaryIO) -> None:
-        # Values copied from the source (an invalid UID) make pydicom warn again.
-        with logged_warnings(str(path)):
-            ds.save_as(f, enforce_file_format=True)
-
-    _atomic.atomic_write(path, save, overwrite=overwrite)
+    # Values copied from the source (an invalid UID) make pydicom warn again.
+    with logged_warnings(str(path)):
+        data = encode_file(ds)
+    _atomic.atomic_write(path, lambda f: f.write(data), overwrite=overwrite)
     return path
 
 

@@ -1,0 +1,262 @@
+"""Encode a dataset as a DICOM file in explicit VR little endian, fast.
+
+pydicom's writer spends about 11 us of Python on every element, even on one it copies
+byte for byte from the source: 3-5 ms for a CT header of 290 elements, more than the
+rest of writing a derived file. :func:`encode_file` makes the same bytes as
+``Dataset.save_as(f, enforce_file_format=True)``. It writes elements still undecoded
+from an explicit VR little endian source (pydicom's ``RawDataElement``) and sequence
+framing itself, and hands every other element, and any dataset whose encoding or
+character set changed since it was read, to pydicom's own writer. Anything but an
+explicit VR little endian (or encapsulated) output goes to pydicom's ``dcmwrite``
+whole. The tests compare both writers' bytes on every test file.
+"""
+
+from __future__ import annotations
+
+import copy
+import struct
+from io import BytesIO
+from typing import Any
+
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import (
+    dcmwrite,
+    write_data_element,
+    write_dataset,
+)
+from pydicom.multival import MultiValue
+from pydicom.tag import _LUT_DESCRIPTOR_TAGS, BaseTag, tag_in_exception
+from pydicom.uid import UID
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, EXPLICIT_VR_LENGTH_32, STANDARD_VR
+
+__all__ = ["encode_file"]
+
+_EXPLICIT_LITTLE = (False, True)
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = b"\xfe\xff\x00\xe0"
+_ITEM_END = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+_SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_short = struct.Struct("<HH2sH").pack  # group, element, VR, 16-bit length
+_long = struct.Struct("<HH2sxxL").pack  # group, element, VR, reserved, 32-bit length
+_PIXEL_DATA = 0x7FE00010
+_NUMBERS = {
+    "US": "H",
+    "SS": "h",
+    "UL": "L",
+    "SL": "l",
+    "FL": "f",
+    "FD": "d",
+    "SV": "q",
+    "UV": "Q",
+}
+_NUMBER_STRINGS = ("IS", "DS")
+#: Strings pydicom writes as ASCII, and text it encodes in the character set (the same
+#: bytes for an ASCII value in every character set DICOM allows).
+_STRINGS = ("AE", "AS", "CS", "DA", "DT", "TM", "UI", "UR", "SH", "LO", "ST", "LT", "UC", "UT")
+
+
+def encode_file(ds: Dataset) -> bytes:
+    """The DICOM file of ``ds``: what ``ds.save_as(f, enforce_file_format=True)`` writes.
+
+    Like pydicom, sets Pixel Data's undefined length from the transfer syntax.
+    """
+    meta: FileMetaDataset = copy.deepcopy(getattr(ds, "file_meta", FileMetaDataset()))
+    syntax: UID | None = meta.get("TransferSyntaxUID")
+    plain = (
+        syntax is not None
+        and not syntax.is_private
+        and syntax.is_transfer_syntax
+        and not syntax.is_implicit_VR
+        and syntax.is_little_endian
+        and not syntax.is_deflated
+        and not any(tag >> 16 in (0, 2) for tag in ds._dict)
+        and len(getattr(ds, "preamble", None) or b"\0" * 128) == 128
+    )
+    if not plain:
+        out = BytesIO()
+        dcmwrite(out, ds, enforce_file_format=True)
+        return out.getvalue()
+    assert syntax is not None
+    # What dcmwrite(enforce_file_format=True) completes in the file meta.
+    sop_class, sop_instance = ds.get("SOPClassUID"), ds.get("SOPInstanceUID")
+    meta_class = meta.get("MediaStorageSOPClassUID")
+    if meta_class is None or (sop_class and sop_class != meta_class):
+        meta.MediaStorageSOPClassUID = sop_class
+    meta_instance = meta.get("MediaStorageSOPInstanceUID")
+    if meta_instance is None or (sop_instance and sop_instance != meta_instance):
+        meta.MediaStorageSOPInstanceUID = sop_instance
+    validate_file_meta(meta, enforce_standard=True)
+    if "PixelData" in ds:
+        ds["PixelData"].is_undefined_length = syntax.is_compressed
+
+    # The File Meta Information, led by its group length.
+    if "FileMetaInformationGroupLength" in meta:
+        del meta.FileMetaInformationGroupLength
+    group: list[bytes] = []
+    _body(meta, default_encoding, group)
+    length = sum(map(len, group))
+    parts = [
+        getattr(ds, "preamble", None) or b"\0" * 128,
+        b"DICM",
+        _short(2, 0, b"UL", 4),
+        struct.pack("<L", length),
+        *group,
+    ]
+    _body(ds, default_encoding, parts)
+    return b"".join(parts)
+
+
+def _body(ds: Dataset, parent_encoding: Any, parts: list[bytes]) -> None:
+    """Append the encoded elements of ``ds`` to ``parts``, as pydicom's write_dataset."""
+    if not _as_read(ds):
+        # pydicom re-encodes every element of such a dataset: let it.
+        parts.append(_pydicom_dataset(ds, parent_encoding))
+        return
+    encoding = ds.get("SpecificCharacterSet", parent_encoding)
+    elements = ds._dict
+    for tag in sorted(elements, key=int):
+        if not tag & 0xFFFF and tag >> 16 > 6:
+            continue  # retired group lengths are not written
+        elem = elements[tag]
+        if isinstance(elem, RawDataElement):
+            if _raw(tag, elem, parts):
+                continue
+        elif elem.VR == "SQ" and tag != _PIXEL_DATA:
+            _sequence(tag, elem, encoding, parts)
+            continue
+        else:
+            value = _value(tag, elem)
+            if value is not None and _header(tag, elem.VR, len(value), parts):
+                parts.append(value)
+                continue
+        parts.append(_pydicom_element(tag, ds.get_item(tag), encoding))
+
+
+def _header(tag: int, vr: str, length: int, parts: list[bytes]) -> bool:
+    """Append an element's tag, VR and length; False if pydicom must write it."""
+    if vr in EXPLICIT_VR_LENGTH_32:
+        parts.append(_long(tag >> 16, tag & 0xFFFF, vr.encode(), length))
+    elif vr in EXPLICIT_VR_LENGTH_16 and length <= 0xFFFF:
+        parts.append(_short(tag >> 16, tag & 0xFFFF, vr.encode(), length))
+    else:
+        return False  # pydicom writes a long value of a short VR as UN, with a warning
+    return True
+
+
+def _value(tag: int, elem: DataElement) -> bytes | None:
+    """The encoded value of a common, plain element as pydicom encodes it, else None.
+
+    Covers binary numbers, ASCII strings, IS/DS and bytes values; everything else
+    (character sets, person names, dates as objects, empty values, ambiguous VRs) is
+    left to pydicom.
+    """
+    vr, value = elem.VR, elem.value
+    if value is None or value == "" or elem.is_undefined_length:
+        return None
+    try:
+        number = _NUMBERS.get(vr)
+        if number is not None:
+            if isinstance(value, int | float):
+                return struct.pack("<" + number, value)
+            if isinstance(value, MultiValue | list) and value:
+                if number == "h" and tag in _LUT_DESCRIPTOR_TAGS:
+                    return None  # pydicom writes the first value as US
+                return struct.pack(f"<{len(value)}{number}", *value)
+            return None
+        if vr in _NUMBER_STRINGS:
+            if isinstance(value, MultiValue | list | tuple):
+                text = "\\".join(_number_string(x) for x in value)
+            else:
+                text = _number_string(value)
+            return _padded(text.encode(default_encoding), b" ")
+        if vr in _STRINGS:
+            if isinstance(value, MultiValue | list | tuple):
+                if not all(isinstance(x, str) for x in value):
+                    return None
+                value = "\\".join(value)
+            if not isinstance(value, str) or not value.isascii():
+                return None  # a character set may apply: pydicom decides
+            return _padded(value.encode("ascii"), b"\0" if vr == "UI" else b" ")
+        if vr in ("OB", "OW") and isinstance(value, bytes):
+            return _padded(value, b"\0")
+    except (struct.error, TypeError, UnicodeError):
+        return None  # pydicom reports it, with its own message
+    return None
+
+
+def _number_string(value: Any) -> str:
+    # An IS or DS read from a file keeps its text as read.
+    return value.original_string if hasattr(value, "original_string") else str(value)
+
+
+def _padded(data: bytes, pad: bytes) -> bytes:
+    return data + pad if len(data) % 2 else data
+
+
+def _as_read(ds: Dataset) -> bool:
+    """Whether pydicom would write the elements of ``ds`` as they are.
+
+    True for a dataset read from explicit VR little endian with its character set
+    unchanged, and for one made in memory of decoded elements with no ambiguous VR (for
+    which pydicom's re-encoding changes nothing).
+    """
+    encoding = ds.original_encoding
+    if encoding == (None, None):
+        return all(
+            isinstance(elem, DataElement) and elem.VR in STANDARD_VR for elem in ds._dict.values()
+        )
+    return encoding == _EXPLICIT_LITTLE and ds.original_character_set == ds._character_set
+
+
+def _raw(tag: BaseTag, elem: RawDataElement, parts: list[bytes]) -> bool:
+    """Append an undecoded element as it was read; False if pydicom must write it."""
+    vr, value = elem.VR, elem.value
+    if value is None or elem.length == _UNDEFINED or tag == _PIXEL_DATA:
+        return False
+    if vr in EXPLICIT_VR_LENGTH_32:
+        parts.append(_long(tag >> 16, tag & 0xFFFF, vr.encode(), len(value)))
+    elif vr in EXPLICIT_VR_LENGTH_16 and len(value) <= 0xFFFF:
+        parts.append(_short(tag >> 16, tag & 0xFFFF, vr.encode(), len(value)))
+    else:
+        return False
+    parts.append(value)
+    return True
+
+
+def _sequence(tag: BaseTag, elem: DataElement, encoding: Any, parts: list[bytes]) -> None:
+    """Append a sequence and its items, framed as pydicom frames them."""
+    encodings = convert_encodings(encoding or [default_encoding])
+    items: list[bytes] = []
+    with tag_in_exception(tag):
+        for item in elem.value:
+            body: list[bytes] = []
+            _body(item, encodings, body)
+            if getattr(item, "is_undefined_length_sequence_item", False):
+                items += [_ITEM, b"\xff\xff\xff\xff", *body, _ITEM_END]
+            else:
+                items += [_ITEM, struct.pack("<L", sum(map(len, body))), *body]
+    if elem.is_undefined_length:
+        parts.append(_long(tag >> 16, tag & 0xFFFF, b"SQ", _UNDEFINED))
+        parts += items
+        parts.append(_SEQUENCE_END)
+    else:
+        parts.append(_long(tag >> 16, tag & 0xFFFF, b"SQ", sum(map(len, items))))
+        parts += items
+
+
+def _pydicom_element(tag: BaseTag, elem: DataElement | RawDataElement, encoding: Any) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = _EXPLICIT_LITTLE
+    with tag_in_exception(tag):
+        write_data_element(fp, elem, encoding)
+    return fp.getvalue()
+
+
+def _pydicom_dataset(ds: Dataset, parent_encoding: Any) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = _EXPLICIT_LITTLE
+    write_dataset(fp, ds, parent_encoding)
+    return fp.getvalue()

@@ -1,0 +1,128 @@
+"""The fast file encoder writes exactly the bytes pydicom's writer writes."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pydicom.data
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+
+import medeq
+from medeq._encode import encode_file
+from medeq.writer import TransferSyntax, with_pixels
+
+from .conftest import shared_file
+from .test_writer import READABLE
+
+
+def pydicom_bytes(ds: Dataset) -> bytes:
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def same_as_pydicom(ds: Dataset) -> None:
+    # Each writer gets its own copy: both may complete the dataset (Pixel Data's length).
+    # Odd source values (an invalid UID) make pydicom warn as it copies and writes them:
+    # not the point here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a, b = pickle.loads(pickle.dumps(ds)), pickle.loads(pickle.dumps(ds))
+        try:
+            expected = pydicom_bytes(a)
+        except Exception as exc:  # pydicom refuses it: so must the encoder, the same way
+            with pytest.raises(type(exc)):
+                encode_file(b)
+            return
+        assert encode_file(b) == expected
+
+
+# The files pydicom installs (get_testdata_files would also try to download others).
+PYDICOM_FILES = sorted(
+    (p.name, str(p)) for p in (Path(pydicom.data.__file__).parent / "test_files").glob("*.dcm")
+)
+
+
+@pytest.mark.parametrize("name, path", PYDICOM_FILES, ids=[n for n, _ in PYDICOM_FILES])
+def test_files_as_read(name: str, path: str) -> None:
+    # Every encoding pydicom ships a test file for: implicit VR, big endian, deflated,
+    # encapsulated, odd character sets, undefined-length sequences, private elements.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, force=True)
+    except Exception:
+        pytest.skip(f"pydicom cannot read {name}")
+    same_as_pydicom(ds)
+
+
+@pytest.mark.parametrize("name", READABLE)
+def test_derived_objects_of_real_files(name: str) -> None:
+    derived = medeq.enhance(medeq.read(shared_file(name)))
+    for n, header in enumerate(derived.headers):
+        same_as_pydicom(
+            with_pixels(header, derived.image_pixels(n), TransferSyntax.EXPLICIT_LITTLE)
+        )
+
+
+@pytest.mark.parametrize("ts", ["explicit-little", "rle", "jpeg-ls", "jpeg2000"])
+@pytest.mark.parametrize(
+    "name", ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "JPEG2000.dcm"]
+)
+def test_derived_objects_in_every_written_syntax(name: str, ts: str) -> None:
+    derived = medeq.enhance(medeq.read(get_testdata_file(name)))
+    syntax = TransferSyntax.parse(ts)
+    for n, header in enumerate(derived.headers):
+        same_as_pydicom(with_pixels(header, derived.image_pixels(n), syntax))
+
+
+def test_edited_values_nested_items_and_a_new_character_set() -> None:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PatientName = "Müller^Jörg"
+    ds.SpecificCharacterSet = "ISO_IR 100"  # every element is then re-encoded
+    same_as_pydicom(ds)
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "113072", "DCM", "x"
+    ds.DerivationCodeSequence = [item]
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.WindowCenter, ds.WindowWidth = "2048", "4096"
+    ds.PixelData = np.arange(128 * 128, dtype="<u2").tobytes()
+    same_as_pydicom(ds)
+    del ds.file_meta
+    same_as_pydicom(ds)  # no file meta: pydicom's own writer decides (and refuses)
+
+
+def test_a_derived_header_is_encoded_without_pydicom_writer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The point of the encoder: a derived object of an explicit VR little endian source
+    # (every element copied, edited or added by medeq) needs no element-by-element call
+    # into pydicom's writer, yet makes the same bytes.
+    import medeq._encode as encode
+
+    calls: list[str] = []
+
+    def counted(name: str, real: object) -> object:
+        def call(*args: object) -> object:
+            calls.append(name)
+            return real(*args)  # type: ignore[operator]
+
+        return call
+
+    monkeypatch.setattr(encode, "_pydicom_element", counted("element", encode._pydicom_element))
+    monkeypatch.setattr(encode, "_pydicom_dataset", counted("dataset", encode._pydicom_dataset))
+    derived = medeq.enhance(medeq.read(get_testdata_file("CT_small.dcm")))
+    ds = with_pixels(derived.dataset, derived.image_pixels(0), TransferSyntax.EXPLICIT_LITTLE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = pydicom_bytes(pickle.loads(pickle.dumps(ds)))
+    assert encode_file(ds) == expected
+    assert calls == []
