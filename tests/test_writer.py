@@ -18,7 +18,7 @@ from pydicom.data import get_testdata_file
 
 import medeq
 from medeq import OutputError
-from medeq.enhance import canonical_parameters
+from medeq.enhance import canonical_parameters, quality_of
 
 from .conftest import shared_file, synthetic_series
 from .test_reader import EXPECTED
@@ -555,3 +555,35 @@ def test_compressed_outputs_decode_in_other_toolkits(ts: str, name: str, tmp_pat
         check=False,
     )
     assert render.returncode == 0 and png.stat().st_size > 0, render.stderr
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"mask": "auto"},
+        {"variant": "seed", "bins": 256},
+        {"levels": 256, "window": "lung"},
+        {"per_slice": True},
+        {"method": "clahe"},
+    ],
+)
+def test_quality_figures_and_window_match_the_pixels(
+    tmp_path: Path, options: dict[str, object]
+) -> None:
+    # enhance() derives the counts after equalization, and the written window, from the
+    # histogram and its LUT: they must be what counting the output pixels gives.
+    synthetic_series(tmp_path / "in")
+    [series] = medeq.read_series(sorted((tmp_path / "in").glob("CT_small_*.dcm")))
+    derived = medeq.enhance(series, **options)  # type: ignore[arg-type]
+    norm = derived.normalized
+    nbins = options.get("bins") or norm.bins
+    before, _ = medeq.histogram(norm.array, nbins, value_range=norm.value_range, mask=derived.mask)
+    top = derived.levels - 1
+    after, _ = medeq.histogram(
+        derived.pixels, derived.levels, value_range=(0, top), mask=derived.mask
+    )
+    assert derived.before == quality_of(before)
+    assert derived.after == quality_of(after)
+    lo, hi = int(derived.pixels.min()), int(derived.pixels.max())
+    assert derived.header_options["value_span"] == (lo, hi)

@@ -552,19 +552,35 @@ def _equalize_one(
     levels: int | None,
     variant: Variant,
 ) -> NDArray[Any]:
+    return _equalize_counted(image, bins, value_range, mask, levels, variant)[0]
+
+
+def _equalize_counted(
+    image: NDArray[Any],
+    bins: int | None,
+    value_range: tuple[float, float] | None,
+    mask: NDArray[np.bool_] | None,
+    levels: int | None,
+    variant: Variant,
+) -> tuple[NDArray[Any], NDArray[np.int64] | None, NDArray[Any] | None]:
+    """Equalized pixels, with the histogram and the LUT that made them.
+
+    The histogram is what :func:`histogram` gives for the same arguments; the pixels of
+    bin ``k`` became ``lut[k]``. Both are None when the image came back unchanged.
+    """
     out_levels = _output_levels(image.dtype, levels)
     if mask is not None and not mask.any():
-        return _identity(image, out_levels)
+        return _identity(image, out_levels), None, None
     h = _compute_histogram(image, bins, value_range, mask)
     if variant is Variant.STANDARD and np.count_nonzero(h.counts) == 1:
-        return _identity(image, out_levels)
+        return _identity(image, out_levels), None, None
     lut = _lut(h.counts, out_levels, variant)
     if out_levels is None:
         lut = lut.astype(_float_out(image.dtype))
     if h.by_value:
-        return _kernels.map_values(_value_table(image.dtype, h, lut), image)
+        return _kernels.map_values(_value_table(image.dtype, h, lut), image), h.counts, lut
     b = h.binning
-    return _kernels.map_bins(image, lut, b.lo, b.hi, b.integer)
+    return _kernels.map_bins(image, lut, b.lo, b.hi, b.integer), h.counts, lut
 
 
 def equalize(

@@ -356,6 +356,19 @@ def describe(
     return header_options, parameters, description, series_uid
 
 
+def _value_span(
+    pixels: NDArray[Any],
+    counts: NDArray[np.int64] | None,
+    lut: NDArray[Any] | None,
+    mask: NDArray[np.bool_] | None,
+) -> tuple[int, int]:
+    """The lowest and highest output value (of every pixel, masked or not)."""
+    if counts is None or lut is None or mask is not None:
+        return int(pixels.min()), int(pixels.max())
+    used = lut[counts > 0]
+    return int(used.min()), int(used.max())
+
+
 def enhance(
     image: DicomImage | Any,
     *,
@@ -431,7 +444,10 @@ def enhance(
     norm = normalize(image, window=window)
     mask_arr, mask_text = _mask_for(mask, image, norm)
     nbins = bins_ or norm.bins
-    if how is Method.GLOBAL:
+    # With one histogram for the whole image, the counts after follow from it and the LUT.
+    counts: NDArray[np.int64] | None = None
+    lut: NDArray[Any] | None = None
+    if how is Method.GLOBAL and per_slice:
         pixels = core.equalize(
             norm.array,
             nbins,
@@ -439,7 +455,17 @@ def enhance(
             mask=mask_arr,
             levels=levels_,
             variant=var,
-            per_slice=bool(per_slice),
+            per_slice=True,
+        )
+    elif how is Method.GLOBAL:
+        arr = core._check_image(norm.array)
+        pixels, counts, lut = core._equalize_counted(
+            arr,
+            nbins,
+            core._check_range(norm.value_range, arr.dtype.kind in "iu"),
+            core._check_mask(mask_arr, arr.shape),
+            levels_,
+            var,
         )
     else:
         from .clahe import clahe  # numba loads only when CLAHE is asked for
@@ -473,13 +499,22 @@ def enhance(
         clip_limit=clip_limit,
         kernel_size=kernel_size,
         keep_private=keep_private,
-        value_span=(int(pixels.min()), int(pixels.max())),
+        value_span=_value_span(pixels, counts, lut, mask_arr),
         redistribution=redist.value,
     )
-    before_counts, _ = core.histogram(
-        norm.array, nbins, value_range=norm.value_range, mask=mask_arr
-    )
-    after_counts, _ = core.histogram(pixels, levels_, value_range=(0, levels_ - 1), mask=mask_arr)
+    if counts is None or lut is None:
+        before_counts, _ = core.histogram(
+            norm.array, nbins, value_range=norm.value_range, mask=mask_arr
+        )
+        after_counts, _ = core.histogram(
+            pixels, levels_, value_range=(0, levels_ - 1), mask=mask_arr
+        )
+    else:
+        # Every counted pixel of bin k became lut[k]: the same counts as histogramming
+        # the output, without another pass over the pixels.
+        before_counts = counts
+        after_counts = np.zeros(levels_, np.int64)
+        np.add.at(after_counts, lut.astype(np.intp), counts)
     return Derived(
         sources=images,
         header_options=header_options,
