@@ -544,17 +544,6 @@ def _float_out(dtype: np.dtype[Any]) -> np.dtype[Any]:
     return np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
 
 
-def _equalize_one(
-    image: NDArray[Any],
-    bins: int | None,
-    value_range: tuple[float, float] | None,
-    mask: NDArray[np.bool_] | None,
-    levels: int | None,
-    variant: Variant,
-) -> NDArray[Any]:
-    return _equalize_counted(image, bins, value_range, mask, levels, variant)[0]
-
-
 def _equalize_counted(
     image: NDArray[Any],
     bins: int | None,
@@ -649,13 +638,13 @@ def equalize(
     if not isinstance(per_slice, (bool, np.bool_)):
         raise ParameterError(f"per_slice must be True or False, got {per_slice!r}")
     if not per_slice:
-        return _equalize_one(arr, bins_, vr, m, levels_, var)
+        return _equalize_counted(arr, bins_, vr, m, levels_, var)[0]
     if arr.ndim < 3:
         raise ParameterError(
             f"per_slice=True needs an array with at least 3 dimensions, got shape {arr.shape}"
         )
     slices = [
-        _equalize_one(arr[i], bins_, vr, None if m is None else m[i], levels_, var)
+        _equalize_counted(arr[i], bins_, vr, None if m is None else m[i], levels_, var)[0]
         for i in range(arr.shape[0])
     ]
     return np.stack(slices)
