@@ -19,11 +19,11 @@ from medeq.reader import ImageInfo
 from .conftest import synthetic_series
 
 
-def dies_on_second_file(info: ImageInfo, quiet: bool) -> Any:
+def dies_on_second_file(info: ImageInfo, place: Any, quiet: bool) -> Any:
     """A decoder that kills its worker process on one file, like a crashing codec."""
     if Path(str(info.path)).name == "b.dcm":
         os._exit(3)
-    return _decode_task(info, quiet)
+    return _decode_task(info, place, quiet)
 
 
 def test_a_dying_worker_fails_its_file_and_the_batch_goes_on(tmp_path: Path) -> None:
@@ -57,7 +57,8 @@ def test_a_dying_worker_fails_its_file_and_the_batch_goes_on(tmp_path: Path) -> 
         return 0
 
     def first_pass(job: Job) -> list[Task]:
-        return [Task("decode", job, 0, dies_on_second_file, (job.images[0].info, True))]
+        image = job.images[0]
+        return [Task("decode", job, 0, dies_on_second_file, (image.info, image._place, True))]
 
     Scheduler(2, first_pass, make_write, settled.append).run(jobs)
     by_name = {Path(r.input).name: r for r in settled}

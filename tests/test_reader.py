@@ -416,6 +416,67 @@ def test_read_whole_equals_read(name: str) -> None:
     np.testing.assert_array_equal(a.stored, b.stored)
 
 
+NATIVE_LITTLE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_native_pixels_read_in_place_equal_a_full_parse(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Native little-endian pixel data are read from where the header read ended, without
+    # parsing the file again; a full parse (the reader's other path) must agree, errors
+    # included. The in-place read must be the path taken wherever it applies.
+    from medeq import reader
+
+    path = shared_file(name)
+    try:
+        image = medeq.read(path)
+    except medeq.DicomError:
+        return  # refused from the header: pixels are never read
+    in_place = reader._native_pixel_data(image) is not None
+    try:
+        fast: np.ndarray | Exception = image.stored.copy()
+    except medeq.DicomError as exc:
+        fast = exc
+    image.release()
+    monkeypatch.setattr(reader, "_native_pixel_data", lambda image: None)
+    try:
+        slow: np.ndarray | Exception = image.stored.copy()
+    except medeq.DicomError as exc:
+        slow = exc
+    if isinstance(slow, Exception):
+        assert type(fast) is type(slow)
+        assert str(fast) == str(slow)
+    else:
+        assert isinstance(fast, np.ndarray)
+        assert fast.dtype == slow.dtype
+        np.testing.assert_array_equal(fast, slow)
+        native = (
+            image.info.transfer_syntax in NATIVE_LITTLE
+            and not image.info.transfer_syntax_inferred
+            and not pydicom.dcmread(path)["PixelData"].is_undefined_length
+        )
+        assert in_place == native
+
+
+def test_native_pixels_in_place_of_a_file_that_changed(tmp_path: Path) -> None:
+    # The header was read, then the file was replaced: the place no longer holds the
+    # element it held, and the file is parsed again.
+    src = Path(get_testdata_file("CT_small.dcm"))
+    path = tmp_path / "ct.dcm"
+    path.write_bytes(src.read_bytes())
+    image = medeq.read(path)
+    expected = image.stored.copy()
+    image.release()
+    ds = pydicom.dcmread(src)
+    ds.PatientComments = "x" * 101  # shifts every later element
+    ds.save_as(path)
+    from medeq import reader
+
+    assert reader._native_pixel_data(image) is None
+    np.testing.assert_array_equal(image.stored, expected)
+
+
 def test_read_whole_refuses_what_decoding_refuses() -> None:
     from medeq.reader import read_whole
 

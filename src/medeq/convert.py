@@ -35,6 +35,7 @@ import pydicom
 from numpy.typing import NDArray
 
 from . import _atomic, _kernels, core
+from ._filewalk import Place
 from ._scheduler import Scheduler, Task, native_stderr_silenced
 from ._slicewise import CountedEqualization, SliceCounts, count_values, equalize_counted
 from .clahe import _as_redistribution
@@ -155,11 +156,18 @@ class Job:
 # --------------------------------------------------------------------------- workers
 
 
-def _decode_task(info: ImageInfo, quiet: bool) -> tuple[NDArray[Any] | None, str | None]:
-    """Decode one file's stored values (its header was read and checked by the scan)."""
+def _decode_task(
+    info: ImageInfo, place: Place | None, quiet: bool
+) -> tuple[NDArray[Any] | None, str | None]:
+    """Decode one file's stored values (its header was read and checked by the scan).
+
+    ``place`` is where the scan found the header to end: native pixel data are read
+    from there, without parsing the header again.
+    """
     try:
         with native_stderr_silenced(quiet):
             image = DicomImage(pydicom.Dataset(), info, Path(str(info.path)))
+            image._place = place
             return np.array(image.stored), None
     except MedeqError as exc:
         return None, str(exc)
@@ -447,7 +455,7 @@ def convert(
                 for i, im in enumerate(job.images)
             ]
         return [
-            Task("decode", job, i, _decode_task, (im.info, quiet_decoders))
+            Task("decode", job, i, _decode_task, (im.info, im._place, quiet_decoders))
             for i, im in enumerate(job.images)
         ]
 

@@ -16,6 +16,7 @@ import contextlib
 import io
 import logging
 import os
+import struct
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,9 +29,10 @@ from numpy.typing import NDArray
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.utils import pixel_array
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from . import _codestream
+from ._filewalk import PIXEL_DATA, UNDEFINED, Place, Skipper, last_place, resume
 from .errors import CorruptPixelDataError, NotDicomError, UnsupportedImageError
 
 __all__ = ["DicomImage", "ImageInfo", "Source", "Window", "read", "read_info"]
@@ -149,6 +151,8 @@ class DicomImage:
         self.info = info
         self._source = source
         self._stored: NDArray[Any] | None = None
+        #: Where the header of a file source ends (see medeq._filewalk), if known.
+        self._place: Place | None = None
 
     def __repr__(self) -> str:
         i = self.info
@@ -253,10 +257,14 @@ def _image(
     header: Dataset, src: bytes | Path | Dataset, path: str | None, inferred: bool
 ) -> DicomImage:
     """The image of a header read by :func:`_read_header`, once its checks pass."""
+    # Before the checks convert the last elements and forget their place in the file.
+    place = last_place(header, bool(header.original_encoding[0])) if isinstance(src, Path) else None
     info = _info(header, path, inferred)
     _check_complete(header, info)
     _check_grey(header, info)
-    return DicomImage(header, info, src)
+    image = DicomImage(header, info, src)
+    image._place = place
+    return image
 
 
 def _read_header(
@@ -591,8 +599,53 @@ def _encoded_frames(ds: Dataset, frames: int) -> Iterator[bytes]:
     return generate_frames(ds.PixelData, number_of_frames=frames)
 
 
+def _native_pixel_data(image: DicomImage) -> bytes | None:
+    """The Pixel Data value of a native little-endian file, read straight from its place.
+
+    Where the header ends is known from reading it, so the file is not parsed again.
+    None when that does not apply or the file holds something unexpected there: the
+    caller then parses the whole file, which reports any problem.
+    """
+    info, src = image.info, image._source
+    implicit = info.transfer_syntax == ImplicitVRLittleEndian
+    if (
+        not isinstance(src, Path)
+        or image._place is None
+        or info.transfer_syntax_inferred
+        or not (implicit or info.transfer_syntax == ExplicitVRLittleEndian)
+        or info.bits_allocated not in (8, 16, 32)
+    ):
+        return None
+    try:
+        with open(src, "rb") as fp:
+            walker = Skipper(fp, implicit=implicit, little=True)
+            if not resume(walker, image._place):
+                return None
+            while (element := walker.header()) is not None:
+                tag, vr, length = element
+                if tag == PIXEL_DATA:
+                    if length == UNDEFINED or vr not in (None, b"OB", b"OW"):
+                        return None
+                    data = fp.read(length)
+                    return data if len(data) == length else None
+                if tag > PIXEL_DATA:
+                    return None
+                walker.skip(vr, length)
+    except (OSError, ValueError, struct.error):
+        return None
+    return None
+
+
 def _decode(image: DicomImage) -> NDArray[Any]:
     info, name = image.info, image.name
+    shape = (info.frames, info.rows, info.columns)
+    data = _native_pixel_data(image)
+    if data is not None:
+        _check_native_length(len(data), info, name)
+        pixels = int(np.prod(shape))
+        if len(data) * 8 >= pixels * info.bits_allocated:
+            arr = np.frombuffer(data, np.dtype(f"<u{info.bits_allocated // 8}"), pixels)
+            return _stored_values(arr.reshape(shape), info)
     ds = _full_dataset(image)
     if "PixelData" not in ds:
         other = [kw for kw in ("FloatPixelData", "DoubleFloatPixelData") if kw in ds]
@@ -607,7 +660,7 @@ def _decode(image: DicomImage) -> NDArray[Any]:
         )
     ts = info.transfer_syntax
     if not UID(ts).is_encapsulated:
-        _check_native_length(ds, info, name)
+        _check_native_length(len(ds.PixelData), info, name)
     if UID(ts).is_encapsulated:
         try:
             for index, frame in enumerate(_encoded_frames(ds, info.frames)):
@@ -641,7 +694,7 @@ def _decode(image: DicomImage) -> NDArray[Any]:
     return _stored_values(arr.reshape(expected), info)
 
 
-def _check_native_length(ds: Dataset, info: ImageInfo, name: str) -> None:
+def _check_native_length(actual: int, info: ImageInfo, name: str) -> None:
     """Refuse native pixel data longer than the pixel module says (plus the even-length pad).
 
     pydicom takes any excess for padding and only warns, so a wrong Rows or Columns would
@@ -650,7 +703,6 @@ def _check_native_length(ds: Dataset, info: ImageInfo, name: str) -> None:
     """
     expected = (info.frames * info.rows * info.columns * info.bits_allocated + 7) // 8
     allowed = expected + expected % 2
-    actual = len(ds.PixelData)
     if actual > allowed:
         padded = f", {allowed} with the padding byte to even length" if allowed != expected else ""
         raise CorruptPixelDataError(

@@ -26,12 +26,11 @@ import logging
 import math
 import os
 import pickle
-import struct
 import zlib
 from collections.abc import Iterator, Sequence
 from io import BytesIO
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
@@ -46,6 +45,7 @@ from pydicom.valuerep import format_number_as_ds
 
 from . import _atomic
 from ._encode import encode_file
+from ._filewalk import PIXEL_TAGS, UNDEFINED, Skipper, last_place, resume, skip_file_meta
 from .errors import OutputError, ParameterError
 from .reader import DicomImage, logged_warnings
 
@@ -215,101 +215,6 @@ def output_bits(levels: int) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- after the pixels
 
-_UNDEFINED = 0xFFFFFFFF
-_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-#: Where a header read with ``stop_before_pixels`` stops.
-_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
-#: Explicit VRs with a 4-byte length (PS3.5 Table 7.1-1).
-_LONG_VRS = frozenset(
-    vr.encode()
-    for vr in ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV")
-)
-
-
-class _Skipper:
-    """Steps over encoded elements by their lengths, reading no value (PS3.5 7.1, 7.5)."""
-
-    def __init__(self, fp: BinaryIO, *, implicit: bool, little: bool) -> None:
-        self.fp = fp
-        self.implicit = implicit
-        self.order = "<" if little else ">"
-
-    def header(self) -> tuple[int, bytes | None, int] | None:
-        """(tag, explicit VR or None, value length) of the next element; None at the end."""
-        data = self.fp.read(8)
-        if len(data) < 8:
-            return None
-        group, element = struct.unpack(self.order + "HH", data[:4])
-        vr = data[4:6]
-        # Items and delimiters carry no VR; some writers switch to implicit VR inside
-        # explicit data, which shows as a "VR" that is not two capital letters.
-        if group == 0xFFFE or self.implicit or not (b"AA" <= vr <= b"ZZ"):
-            return group << 16 | element, None, struct.unpack(self.order + "L", data[4:])[0]
-        if vr in _LONG_VRS:
-            return group << 16 | element, vr, struct.unpack(self.order + "L", self.fp.read(4))[0]
-        return group << 16 | element, vr, struct.unpack(self.order + "H", data[6:])[0]
-
-    def skip(self, vr: bytes | None, length: int) -> None:
-        """Step over a value; one of undefined length is a run of items up to a delimiter."""
-        if length != _UNDEFINED:
-            self.fp.seek(length, os.SEEK_CUR)
-            return
-        # An undefined-length UN value is encoded in implicit VR little endian (PS3.5 6.2.2).
-        inner = _Skipper(self.fp, implicit=True, little=True) if vr == b"UN" else self
-        while True:
-            item = inner.header()
-            if item is None or item[0] not in (_ITEM, _SEQUENCE_END):
-                raise ValueError("undefined-length value without its sequence delimiter")
-            tag, _, item_length = item
-            if tag == _SEQUENCE_END:
-                return
-            if item_length != _UNDEFINED:
-                self.fp.seek(item_length, os.SEEK_CUR)
-                continue
-            while True:
-                nested = inner.header()
-                if nested is None:
-                    raise ValueError("undefined-length item without its delimiter")
-                if nested[0] == _ITEM_END:
-                    break
-                inner.skip(nested[1], nested[2])
-
-
-def _skip_file_meta(fp: BinaryIO) -> None:
-    """Leave ``fp`` at the start of the data set: past the preamble and group 0002."""
-    if fp.read(132)[128:] != b"DICM":
-        fp.seek(0)
-    meta = _Skipper(fp, implicit=False, little=True)
-    while True:
-        start = fp.tell()
-        element = meta.header()
-        if element is None or element[0] >> 16 != 0x0002:
-            fp.seek(start)
-            return
-        meta.skip(element[1], element[2])
-
-
-def _resume(walker: _Skipper, header: Dataset) -> bool:
-    """Seek to the end of the last element of ``header``, if its position is known.
-
-    Elements not yet converted keep their place in the file and their length: the end of
-    the last one read is where the pixel data starts, which spares walking the whole
-    header again. The tag found in front of the value confirms the place.
-    """
-    # The last few suffice: past them, walking from the start costs no more.
-    for tag in reversed(list(header.keys())[-8:]):
-        # pydicom's annotation omits that get_item returns elements not yet converted.
-        raw = cast(DataElement | RawDataElement, header.get_item(tag))
-        if not isinstance(raw, RawDataElement) or raw.length == _UNDEFINED:
-            continue
-        long_length = not walker.implicit and str(raw.VR).encode() in _LONG_VRS
-        walker.fp.seek(raw.value_tell - (12 if long_length else 8))
-        if walker.fp.read(4) != struct.pack(walker.order + "HH", tag >> 16, tag & 0xFFFF):
-            return False
-        walker.fp.seek(raw.value_tell + raw.length)
-        return True
-    return False
-
 
 def _copyable(tag: int) -> bool:
     """Not command/meta groups, group lengths, pixel data (7FE0), padding or delimiters."""
@@ -351,24 +256,24 @@ def _after_pixels(fp: BinaryIO, source: DicomImage) -> Iterator[DataElement | Ra
     implicit, little = source.dataset.original_encoding
     if implicit is None or little is None:
         return
-    walker = _Skipper(fp, implicit=implicit, little=little)
+    walker = Skipper(fp, implicit=implicit, little=little)
     if source.info.transfer_syntax == pydicom.uid.DeflatedExplicitVRLittleEndian:
-        _skip_file_meta(fp)
+        skip_file_meta(fp)
         walker.fp = fp = BytesIO(zlib.decompress(fp.read(), -zlib.MAX_WBITS))
-    elif not _resume(walker, source.dataset):
-        _skip_file_meta(fp)
+    elif not resume(walker, last_place(source.dataset, implicit)):
+        skip_file_meta(fp)
     while True:
         element = walker.header()
         if element is None:
             return  # no pixel data: the header read saw every element
         walker.skip(element[1], element[2])
-        if element[0] in _PIXEL_TAGS:
+        if element[0] in PIXEL_TAGS:
             break
     charset = source.dataset.get("SpecificCharacterSet") or "ISO_IR 6"
     for raw in data_element_generator(fp, implicit, little, encoding=convert_encodings(charset)):
         truncated = (
             isinstance(raw, RawDataElement)
-            and raw.length != _UNDEFINED
+            and raw.length != UNDEFINED
             and raw.value is not None
             and len(raw.value) < raw.length
         )
