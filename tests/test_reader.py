@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.pixels.utils import pixel_array
 
 import medeq
 from medeq import CorruptPixelDataError, NotDicomError, UnsupportedImageError
@@ -451,6 +453,13 @@ def test_native_pixels_read_in_place_equal_a_full_parse(
         assert isinstance(fast, np.ndarray)
         assert fast.dtype == slow.dtype
         np.testing.assert_array_equal(fast, slow)
+        # Both paths read native bytes without a decoder: pydicom's decoding is the oracle.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            decoded = pixel_array(reader._full_dataset(image), raw=True)
+        info = image.info
+        shape = (info.frames, info.rows, info.columns)
+        np.testing.assert_array_equal(fast, reader._stored_values(decoded.reshape(shape), info))
         native = (
             image.info.transfer_syntax in NATIVE_LITTLE
             and not image.info.transfer_syntax_inferred

@@ -599,6 +599,15 @@ def _encoded_frames(ds: Dataset, frames: int) -> Iterator[bytes]:
     return generate_frames(ds.PixelData, number_of_frames=frames)
 
 
+def _native_little(info: ImageInfo) -> bool:
+    """Whether the pixel data are native little-endian whole bytes a pixel."""
+    return (
+        info.transfer_syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
+        and not info.transfer_syntax_inferred
+        and info.bits_allocated in (8, 16, 32)
+    )
+
+
 def _native_pixel_data(image: DicomImage) -> bytes | None:
     """The Pixel Data value of a native little-endian file, read straight from its place.
 
@@ -607,15 +616,9 @@ def _native_pixel_data(image: DicomImage) -> bytes | None:
     caller then parses the whole file, which reports any problem.
     """
     info, src = image.info, image._source
-    implicit = info.transfer_syntax == ImplicitVRLittleEndian
-    if (
-        not isinstance(src, Path)
-        or image._place is None
-        or info.transfer_syntax_inferred
-        or not (implicit or info.transfer_syntax == ExplicitVRLittleEndian)
-        or info.bits_allocated not in (8, 16, 32)
-    ):
+    if not isinstance(src, Path) or image._place is None or not _native_little(info):
         return None
+    implicit = info.transfer_syntax == ImplicitVRLittleEndian
     try:
         with open(src, "rb") as fp:
             walker = Skipper(fp, implicit=implicit, little=True)
@@ -640,13 +643,20 @@ def _decode(image: DicomImage) -> NDArray[Any]:
     info, name = image.info, image.name
     shape = (info.frames, info.rows, info.columns)
     data = _native_pixel_data(image)
+    ds = None if data is not None else _full_dataset(image)
+    if ds is not None and "PixelData" in ds and _native_little(info):
+        element = ds["PixelData"]
+        if not element.is_undefined_length and isinstance(element.value, bytes):
+            data = element.value
     if data is not None:
+        # Native values need no decoder: they are the bytes themselves.
         _check_native_length(len(data), info, name)
         pixels = int(np.prod(shape))
         if len(data) * 8 >= pixels * info.bits_allocated:
             arr = np.frombuffer(data, np.dtype(f"<u{info.bits_allocated // 8}"), pixels)
             return _stored_values(arr.reshape(shape), info)
-    ds = _full_dataset(image)
+    if ds is None:  # native data too short: the decoder's message says so
+        ds = _full_dataset(image)
     if "PixelData" not in ds:
         other = [kw for kw in ("FloatPixelData", "DoubleFloatPixelData") if kw in ds]
         if other:
