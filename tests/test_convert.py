@@ -324,3 +324,81 @@ def test_bad_redistribution_is_refused_by_the_library(tmp_path: Path) -> None:
     with pytest.raises(medeq.ParameterError, match="redistribution must be one of"):
         medeq.convert([ct], tmp_path / "out", redistribution="even")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_outputs_are_flushed_together_at_the_end(
+    tmp_path: Path, jobs: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No flush per file (each would wait for the file system's journal): the run flushes
+    # every DICOM file and preview once all are written, then the report counts them.
+    import medeq._atomic as atomic
+
+    synthetic_series(tmp_path / "in")
+    flushed: list[str] = []
+    fsyncs = [0]
+    real_fsync, real_path = os.fsync, atomic._fsync_path
+
+    def counting_fsync(fd: int) -> None:
+        fsyncs[0] += 1
+        real_fsync(fd)
+
+    def recording(path: str) -> None:
+        flushed.append(str(path))
+        real_path(path)
+
+    monkeypatch.setattr(atomic.os, "fsync", counting_fsync)
+    monkeypatch.setattr(atomic, "_fsync_path", recording)
+    report = medeq.convert([tmp_path / "in"], tmp_path / "out", jobs=jobs)
+    outputs = [p for r in report.files for p in r.outputs]
+    assert report.totals["converted"] == 7 and len(outputs) == 14
+    assert set(outputs) <= set(flushed)
+    assert str(tmp_path / "out") in flushed  # the folder, for the renames
+    if jobs == 1:  # the workers of jobs=2 are other processes: not counted here
+        assert fsyncs[0] == len(flushed)
+
+
+def test_a_file_that_cannot_be_flushed_has_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import medeq._atomic as atomic
+
+    synthetic_series(tmp_path / "in")
+    real_path = atomic._fsync_path
+
+    def failing(path: str) -> None:
+        if str(path).endswith("CT_small_2.dcm"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_path(path)
+
+    monkeypatch.setattr(atomic, "_fsync_path", failing)
+    report = medeq.convert([tmp_path / "in"], tmp_path / "out", jobs=1)
+    [bad] = [r for r in report.files if r.status == "failed"]
+    assert bad.input.endswith("CT_small_2.dcm")
+    target = tmp_path / "out" / "CT_small_2.dcm"
+    assert bad.error == f"{target}: cannot flush to disk: {os.strerror(errno.EIO)}"
+    assert report.exit_code == 1
+
+
+def test_a_rerun_finds_outputs_cut_short(tmp_path: Path) -> None:
+    # What a power cut before the run's flush can leave: a DICOM file or a preview whose
+    # end never reached the disk. The rerun must not take it for done.
+    synthetic_series(tmp_path / "in")
+    first = medeq.convert([tmp_path / "in"], tmp_path / "out", jobs=1)
+    assert first.exit_code == 0
+    dicom = tmp_path / "out" / "CT_small_2.dcm"
+    dicom.write_bytes(dicom.read_bytes()[: dicom.stat().st_size // 2])
+    jpeg = tmp_path / "out" / "MR_small_1.jpg"
+    jpeg.write_bytes(jpeg.read_bytes()[:100])
+    again = medeq.convert([tmp_path / "in"], tmp_path / "out", jobs=1)
+    failed = {Path(r.input).name: r.error for r in again.files if r.status == "failed"}
+    assert set(failed) == {"CT_small_2.dcm", "MR_small_1.dcm"}
+    assert "an earlier output of this command is incomplete" in str(failed["CT_small_2.dcm"])
+    assert "Pixel Data" in str(failed["CT_small_2.dcm"])
+    assert f"its preview {jpeg} is cut short" in str(failed["MR_small_1.dcm"])
+    assert again.totals["skipped"] == 5
+    fixed = medeq.convert([tmp_path / "in"], tmp_path / "out", jobs=1, overwrite=True)
+    assert fixed.totals["converted"] == 7
+    assert medeq.convert([tmp_path / "in"], tmp_path / "out", jobs=1).totals["skipped"] == 7

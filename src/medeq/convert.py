@@ -42,7 +42,7 @@ from .clahe import _as_redistribution
 from .enhance import Derived, Method, canonical_parameters, enhance
 from .errors import MedeqError, OutputError, ParameterError
 from .normalize import VoiPlan, WindowSpec, parse_window, voi_plan
-from .reader import DicomImage, ImageInfo, logged_warnings, read_whole
+from .reader import DicomImage, ImageInfo, logged_warnings, read, read_whole
 from .series import Series, _make_series, find_dicom_files
 from .writer import TransferSyntax, derive_header, derived_uid, sidecar, write_image
 
@@ -232,8 +232,9 @@ def _write_task(
 ) -> tuple[list[str], str | None]:
     try:
         # The source's own flaws (an invalid UID it refers to) make pydicom warn as they
-        # are copied: a debug log line, not noise on a batch's standard error.
-        with logged_warnings(source.name):
+        # are copied: a debug log line, not noise on a batch's standard error. Files are
+        # flushed to disk together at the end of the run (_flush).
+        with logged_warnings(source.name), _atomic.deferred_sync():
             written = write_image(
                 derive_header(source, **header_options),
                 pixels,
@@ -292,20 +293,51 @@ def _target(file: Path, root: Path, output: Path, taken: set[Path]) -> Path:
     return target
 
 
-def _already_done(target: Path, expected_uid: str) -> bool | str:
-    """True if ``target`` is this command's own output; a message if it is something else."""
+def _already_done(target: Path, expected_uid: str, preview: bool) -> bool | str:
+    """True if ``target`` is this command's own output; a message if it is something else.
+
+    Outputs are flushed to disk at the end of a run (:func:`medeq._atomic.deferred_sync`):
+    one left short by a power cut before that is found here, by decoding it.
+    """
     if not target.exists():
         return False
     try:
         ds = pydicom.dcmread(target, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-        if str(ds.get("SOPInstanceUID", "")) == expected_uid:
-            return True
+        ours = str(ds.get("SOPInstanceUID", "")) == expected_uid
     except Exception:  # an unreadable file at the target is simply not ours
-        pass
-    return (
-        f"{target}: exists and is not this command's output for these parameters "
-        "(use --overwrite to replace it)"
-    )
+        ours = False
+    if not ours:
+        return (
+            f"{target}: exists and is not this command's output for these parameters "
+            "(use --overwrite to replace it)"
+        )
+    problem = _incomplete(target, preview)
+    if problem:
+        return (
+            f"{target}: an earlier output of this command is incomplete ({problem}); "
+            "use --overwrite to replace it"
+        )
+    return True
+
+
+def _incomplete(target: Path, preview: bool) -> str | None:
+    """Why an output (and its preview) is not whole, or None."""
+    try:
+        with native_stderr_silenced(True):
+            _ = read(target).stored
+    except MedeqError as exc:
+        return str(exc)
+    jpeg = sidecar(target, ".jpg")
+    if preview and jpeg.exists():
+        try:
+            with open(jpeg, "rb") as f:
+                f.seek(-2, os.SEEK_END)
+                whole = f.read(2) == b"\xff\xd9"  # a JPEG ends with its EOI marker
+        except OSError:
+            whole = False
+        if not whole:
+            return f"its preview {jpeg} is cut short"
+    return None
 
 
 # --------------------------------------------------------------------------- convert
@@ -496,10 +528,19 @@ def convert(
                 scheduler.run(jobs_todo)
     finally:
         scheduler.close()
+        _flush(report)
     if warm is not None:
         warm.join()
     report.elapsed = time.perf_counter() - clock
     return report
+
+
+def _flush(report: Report) -> None:
+    """Flush the run's outputs to disk; a file that cannot be flushed has failed."""
+    converted = {p: r for r in report.files if r.status == "converted" for p in r.outputs}
+    for path, error in _atomic.sync_files(converted).items():
+        result = converted[path]
+        result.status, result.error = "failed", error
 
 
 def _pixels(job: Job) -> int:
@@ -563,7 +604,7 @@ def _plan(
                 for im in [first, *copies.get(_sop_key(first), [])]:
                     target = targets[id(im)]
                     expected = derived_uid(im.info.sop_instance_uid, canonical, "instance")
-                    done = False if overwrite else _already_done(target, expected)
+                    done = False if overwrite else _already_done(target, expected, settings.preview)
                     if im is first:
                         first_done = done
                     elif first_done is True:
