@@ -69,6 +69,12 @@ def series_convert(ctx: Context) -> CaseResult:
                 pixels,
             ),
             Peer(
+                "medeq convert --jobs 1 --no-sync",
+                runs.call(lambda o: _medeq(str(src), "-o", str(o), "--jobs", "1", "--no-sync")),
+                pixels,
+                note="outputs not flushed to disk at the end (neither are the scripts')",
+            ),
+            Peer(
                 "naive script",
                 runs.call(lambda o: _peers_script("naive", str(src), str(o))),
                 pixels,
@@ -94,6 +100,9 @@ def series_convert(ctx: Context) -> CaseResult:
     target(result, "medeq --jobs 1 / floor", one / floor, 1.3, at_most=True)
     target(result, "naive script / medeq --jobs 1", naive / one, 3.0, at_most=False)
     target(result, "medeq --jobs 1 / medeq --jobs 2", one / two, 1.6, at_most=False)
+    unsynced = timings["medeq convert --jobs 1 --no-sync"][0]
+    result.facts["medeq --jobs 1 --no-sync / floor"] = round(unsynced / floor, 2)
+    result.facts["naive script / medeq --jobs 1 --no-sync"] = round(naive / unsynced, 2)
     return result
 
 

@@ -344,3 +344,14 @@ def test_convert_with_opencv_style_clahe(tmp_path: Path) -> None:
     assert not np.array_equal(uniform.pixel_array, limited.pixel_array)
     bad = medeq("convert", str(ct), "-o", str(tmp_path / "b"), *common, "--redistribution", "x")
     assert bad.returncode == 2 and "invalid choice: 'x'" in bad.stderr
+
+
+def test_no_sync_is_passed_through_and_reported(tmp_path: Path) -> None:
+    report = tmp_path / "r.json"
+    ct = get_testdata_file("CT_small.dcm")
+    medeq(
+        "convert", ct, "-o", str(tmp_path / "out"), "--no-sync", "--report", str(report), check_rc=0
+    )
+    data = json.loads(report.read_text())
+    assert data["parameters"]["sync"] is False
+    assert data["totals"]["converted"] == 1

@@ -356,6 +356,10 @@ def test_outputs_are_flushed_together_at_the_end(
     assert str(tmp_path / "out") in flushed  # the folder, for the renames
     if jobs == 1:  # the workers of jobs=2 are other processes: not counted here
         assert fsyncs[0] == len(flushed)
+    flushed.clear()
+    unsynced = medeq.convert([tmp_path / "in"], tmp_path / "out2", jobs=jobs, sync=False)
+    assert unsynced.totals["converted"] == 7 and unsynced.parameters["sync"] is False
+    assert flushed == []
 
 
 def test_a_file_that_cannot_be_flushed_has_failed(
@@ -374,8 +378,16 @@ def test_a_file_that_cannot_be_flushed_has_failed(
         real_path(path)
 
     monkeypatch.setattr(atomic, "_fsync_path", failing)
-    report = medeq.convert([tmp_path / "in"], tmp_path / "out", jobs=1)
+    seen: list[tuple[str, str]] = []
+    report = medeq.convert(
+        [tmp_path / "in"],
+        tmp_path / "out",
+        jobs=1,
+        progress=lambda r: seen.append((Path(r.input).name, r.status)),
+    )
     [bad] = [r for r in report.files if r.status == "failed"]
+    assert seen[-1] == ("CT_small_2.dcm", "failed")  # told again, after "converted"
+    assert bad.outputs == []
     assert bad.input.endswith("CT_small_2.dcm")
     target = tmp_path / "out" / "CT_small_2.dcm"
     assert bad.error == f"{target}: cannot flush to disk: {os.strerror(errno.EIO)}"

@@ -121,6 +121,12 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--report", metavar="FILE.json", help="write a JSON report")
     conv.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     conv.add_argument(
+        "--no-sync",
+        action="store_true",
+        help="do not flush the outputs to disk at the end (faster; a power cut soon after "
+        "may cut files short, which a rerun reports)",
+    )
+    conv.add_argument(
         "--no-private", action="store_true", help="leave private attributes out of the outputs"
     )
     conv.add_argument("--dry-run", action="store_true", help="show what would be written")
@@ -268,6 +274,7 @@ def _cmd_convert(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         overwrite=args.overwrite,
         dry_run=args.dry_run,
         keep_private=not args.no_private,
+        sync=not args.no_sync,
         quiet_decoders=not args.verbose,
         progress=on_result,
         on_start=on_start,

@@ -364,6 +364,7 @@ def convert(
     overwrite: bool = False,
     dry_run: bool = False,
     keep_private: bool = True,
+    sync: bool = True,
     quiet_decoders: bool = True,
     progress: Callable[[FileResult], None] | None = None,
     on_start: Callable[[int], None] | None = None,
@@ -397,6 +398,10 @@ def convert(
         Plan only: report what would be written, write nothing.
     keep_private : bool
         Copy private attributes into the outputs.
+    sync : bool
+        Flush the outputs to disk at the end of the run (a file that cannot be flushed
+        fails). Without it a power cut soon after the run may cut outputs short; a rerun
+        reports such files. Every file appears whole or not at all either way.
     quiet_decoders : bool
         Hide what C decoder libraries print to standard error.
     progress : callable, optional
@@ -455,6 +460,7 @@ def convert(
             "preview": preview,
             "figure": figure,
             "overwrite": overwrite,
+            "sync": sync,
         },
         started=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         dry_run=dry_run,
@@ -528,19 +534,27 @@ def convert(
                 scheduler.run(jobs_todo)
     finally:
         scheduler.close()
-        _flush(report)
+        if sync:
+            _flush(report, progress)
     if warm is not None:
         warm.join()
     report.elapsed = time.perf_counter() - clock
     return report
 
 
-def _flush(report: Report) -> None:
-    """Flush the run's outputs to disk; a file that cannot be flushed has failed."""
+def _flush(report: Report, progress: Callable[[FileResult], None] | None) -> None:
+    """Flush the run's outputs to disk; a file that cannot be flushed has failed.
+
+    ``progress`` hears of such a file again, now failed.
+    """
     converted = {p: r for r in report.files if r.status == "converted" for p in r.outputs}
     for path, error in _atomic.sync_files(converted).items():
         result = converted[path]
-        result.status, result.error = "failed", error
+        if result.status == "failed":
+            continue  # its other output failed too
+        result.status, result.error, result.outputs = "failed", error, []
+        if progress is not None:
+            progress(result)
 
 
 def _pixels(job: Job) -> int:
