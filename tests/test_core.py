@@ -571,3 +571,17 @@ def test_float_span_beyond_float64_is_refused() -> None:
         medeq.histogram(image)
     with pytest.raises(ParameterError, match=r"value_range span -1e\+308 to 1e\+308"):
         medeq.equalize(np.ones((2, 2)), value_range=(-1e308, 1e308))
+
+
+@pytest.mark.parametrize("dtype", ["u1", "i2", "u2", "i4"])
+def test_value_mapping_refuses_values_it_did_not_count(dtype: str) -> None:
+    # A slice that changed between counting and mapping must not map silently (a negative
+    # offset would index the table from its end).
+    volume = np.arange(10, 60, dtype=dtype).reshape(5, 10)
+    counts = np.bincount((volume - 10).ravel().astype(np.int64))
+    mapping = medeq.core.value_mapping(10, counts, None, None, 256)
+    assert mapping is not None
+    np.testing.assert_array_equal(mapping.apply(volume), medeq.equalize(volume, levels=256))
+    for bad in (volume - 1, volume + 1):
+        with pytest.raises(medeq.ParameterError, match="outside the counted span 10..59"):
+            mapping.apply(bad.astype(dtype))

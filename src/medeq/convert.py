@@ -215,9 +215,11 @@ def _counted_write_task(
     try:
         with native_stderr_silenced(quiet):
             image, values = _slice_values(path, sop_uid, counted.plan)
+        pixels = counted.map(image, values)
+    except ParameterError as exc:  # from map: other values than the first pass counted
+        return [], f"{path}: changed during the conversion ({exc})"
     except MedeqError as exc:
         return [], str(exc)
-    pixels = counted.map(image, values)
     return _write_task(image, counted.header_options, pixels, target, ts, overwrite, window)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import functools
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -316,11 +316,44 @@ class ValueMapping:
     first: int
     #: Output level of each value, uint8 or uint16.
     table: NDArray[Any]
+    _raw_tables: dict[str, NDArray[Any]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def apply(self, values: NDArray[np.integer]) -> NDArray[Any]:
-        """Map integer values (within the counted span) to their output levels."""
-        offset = values.astype(np.int64) - self.first
-        return self.table[offset]
+        """Map integer values to their output levels.
+
+        Raises
+        ------
+        ParameterError
+            When a value lies outside the counted span.
+        """
+        if values.size == 0:
+            return self.table[:0].reshape(values.shape)
+        lo, hi, last = int(values.min()), int(values.max()), self.first + self.table.size - 1
+        if lo < self.first or hi > last:
+            raise ParameterError(
+                f"values {lo}..{hi} lie outside the counted span {self.first}..{last}"
+            )
+        if _small_int(values.dtype) and values.dtype.isnative:
+            # A table over the dtype's every bit pattern: one np.take, no index array.
+            raw = values.view(np.dtype(f"u{values.dtype.itemsize}"))
+            return np.take(self._raw_table(values.dtype), raw)
+        return self.table[values.astype(np.int64) - self.first]
+
+    def _raw_table(self, dtype: np.dtype[Any]) -> NDArray[Any]:
+        """The output level for each bit pattern of an 8/16-bit dtype (0 outside the span)."""
+        found = self._raw_tables.get(dtype.str)
+        if found is None:
+            vmin, vmax = _kernels.dtype_limits(dtype)
+            by_value = np.zeros(vmax - vmin + 1, self.table.dtype)
+            a, b = max(self.first, vmin), min(self.first + self.table.size - 1, vmax)
+            if a <= b:
+                by_value[a - vmin : b - vmin + 1] = self.table[a - self.first : b - self.first + 1]
+            # Negative values' bit patterns follow the positive ones.
+            found = np.roll(by_value, vmin)
+            self._raw_tables[dtype.str] = found
+        return found
 
 
 def value_mapping(
