@@ -583,5 +583,5 @@ def test_value_mapping_refuses_values_it_did_not_count(dtype: str) -> None:
     assert mapping is not None
     np.testing.assert_array_equal(mapping.apply(volume), medeq.equalize(volume, levels=256))
     for bad in (volume - 1, volume + 1):
-        with pytest.raises(medeq.ParameterError, match="outside the counted span 10..59"):
+        with pytest.raises(medeq.ParameterError, match=r"outside the counted span 10\.\.59"):
             mapping.apply(bad.astype(dtype))
