@@ -107,3 +107,54 @@ def test_constant_series_is_left_to_the_volume_path(tmp_path: Path) -> None:
     (series,) = medeq.read_series(folder)
     _, counted = _counted(series, window="none")
     assert counted is None
+
+
+STORED_COUNTABLE = [
+    "wg04__CT1_UNC.dcm",  # CT, rescale to HU
+    "wg04__MR1_UNC.dcm",
+    "pydicomdata__mlut_18.dcm",  # Modality LUT Sequence
+    "pydicomdata__vlut_04.dcm",  # VOI LUT Sequence
+    "dcmqa12bit__In_12bitSigned_0x0F0F.dcm",  # garbage high bits, signed
+    "wg04__RG2_UNC.dcm",  # MONOCHROME1
+    "pydicom__CT_small.dcm",
+]
+
+
+@pytest.mark.parametrize("name", STORED_COUNTABLE)
+@pytest.mark.parametrize("window", ["auto", "none", "lung", 0, "40,400"])
+def test_counts_of_stored_values_give_the_counts_of_normalised_values(
+    name: str, window: object
+) -> None:
+    # A conversion's scan counts each slice's stored values; pushed through the VOI plan
+    # they must be exactly what counting the normalised pixels gives.
+    from medeq._slicewise import count_stored, counts_through
+
+    from .conftest import shared_file
+
+    image = medeq.read(shared_file(name))
+    try:
+        plan = voi_plan([image], window)  # type: ignore[arg-type]
+    except medeq.MedeqError:
+        pytest.skip(f"window {window!r} does not apply to {name}")
+    stored = count_stored(image)
+    assert stored is not None
+    assert image._stored is None  # the pixels are not kept
+    expected = count_values(plan.values(image))
+    got = counts_through(image, plan, stored)
+    if expected is None:
+        assert got is None
+        return
+    assert got is not None
+    assert (got.lo, got.hi) == (expected.lo, expected.hi)
+    np.testing.assert_array_equal(got.counts, expected.counts)
+
+
+def test_stored_values_of_compressed_or_multiframe_images_are_not_counted() -> None:
+    from medeq._slicewise import count_stored
+
+    from .conftest import shared_file
+
+    for name in ("wg04__CT1_J2KR.dcm", "pydicomdata__eCT_Supplemental.dcm"):
+        image = medeq.read(shared_file(name))
+        assert count_stored(image) is None
+        assert image._stored is None  # nothing was decoded

@@ -13,6 +13,7 @@ short queue, and survives workers that die: see its docstring.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -32,7 +33,15 @@ from .reader import DicomImage, read
 if TYPE_CHECKING:
     from .convert import FileResult, Job
 
-__all__ = ["Inline", "Scheduler", "Task", "native_stderr_silenced", "read_headers", "start_method"]
+__all__ = [
+    "Inline",
+    "Scheduler",
+    "Task",
+    "known",
+    "native_stderr_silenced",
+    "read_headers",
+    "start_method",
+]
 
 
 @contextlib.contextmanager
@@ -68,6 +77,27 @@ def start_method() -> str:
 
 def _ready() -> None:
     """A task that does nothing: its end tells that a worker process is up."""
+
+
+def known(outcome: Any) -> Any:
+    """A first-pass task whose outcome this process already has: it is never sent."""
+    return outcome
+
+
+def _launch(pool: Executor, workers: int) -> list[Future[None]]:
+    """Start the pool's workers; the futures of their first (empty) tasks.
+
+    A forked worker shares this process's memory until it writes to it, and a garbage
+    collection in the worker touches every object it looks at: frozen here (gc.freeze),
+    the objects inherited are left alone, and the worker reads its first headers twice
+    as fast (50 instead of 100 ms for 12 CT headers).
+    """
+    gc.freeze()
+    try:
+        # A fork-context pool starts all its processes at the first submit.
+        return [pool.submit(_ready) for _ in range(workers)]
+    finally:
+        gc.unfreeze()
 
 
 def read_headers(files: list[str]) -> list[DicomImage | str]:
@@ -258,7 +288,11 @@ class Scheduler:
             self.closed = True
             self.pool.shutdown(wait=True)
 
-    def scan(self, files: list[Path]) -> list[DicomImage | str]:
+    def scan(
+        self,
+        files: list[Path],
+        reader: Callable[[list[str]], list[DicomImage | str]] = read_headers,
+    ) -> list[DicomImage | str]:
         """Headers of ``files`` (or error messages), read in batches by the workers.
 
         Until the first worker is up (each imports medeq, which takes half a second),
@@ -266,33 +300,34 @@ class Scheduler:
         few batches from the front and reads from the back itself, until the two meet.
         Reading a header runs no C decoder, so a worker should not die on one; if the
         pool breaks anyway (the OOM killer), the batches it lost are read here too.
+        ``reader`` reads one batch (a module-level function: it is sent to the workers).
         """
         names = [str(f) for f in files]
         size = max(1, min(32, len(names) // (4 * self.workers)))
         batches = [names[i : i + size] for i in range(0, len(names), size)]
         if isinstance(self.pool, Inline):
-            return [image for batch in batches for image in read_headers(batch)]
+            return [image for batch in batches for image in reader(batch)]
         done: list[list[DicomImage | str] | None] = [None] * len(batches)
         broken = False
         try:
-            ready = [self.pool.submit(_ready) for _ in range(self.workers)]
+            ready = _launch(self.pool, self.workers)
             front, back = (
                 0,
                 len(batches),
             )  # the pool takes batches[front], this process batches[back - 1]
             while front < back and not any(r.done() for r in ready):
-                done[front] = read_headers(batches[front])
+                done[front] = reader(batches[front])
                 front += 1
             # No future is ever cancelled: a cancelled future in a pool that then breaks
             # kills the pool's manager thread (Python 3.11), which leaves workers hanging.
             inflight: dict[Future[list[DicomImage | str]], int] = {}
             while front < back or inflight:
                 while front < back and not broken and len(inflight) < 2 * self.workers:
-                    inflight[self.pool.submit(read_headers, batches[front])] = front
+                    inflight[self.pool.submit(reader, batches[front])] = front
                     front += 1
                 if front < back:
                     back -= 1
-                    done[back] = read_headers(batches[back])
+                    done[back] = reader(batches[back])
                     finished = [f for f in inflight if f.done()]
                 else:
                     finished = list(wait(list(inflight), return_when=FIRST_COMPLETED)[0])
@@ -302,7 +337,7 @@ class Scheduler:
                         done[i] = future.result()
                     except BrokenProcessPool:
                         broken = True
-                        done[i] = read_headers(batches[i])
+                        done[i] = reader(batches[i])
         except BaseException:
             self.abort()
             raise
@@ -337,7 +372,10 @@ class Scheduler:
         """Submit a job's first pass."""
         self.decoded[id(job)] = [None] * len(job.images)
         for task in self.first_pass(job):
-            self.submit(task)
+            if task.fn is known:
+                self._done(task, task.args[0])
+            else:
+                self.submit(task)
 
     def _done(self, task: Task, outcome: Any) -> None:
         job, i = task.job, task.index

@@ -25,9 +25,18 @@ from numpy.typing import NDArray
 from . import core
 from .enhance import Method, Quality, default_levels, describe, quality_of
 from .normalize import VoiPlan, WindowSpec, invert_values
-from .reader import DicomImage
+from .reader import DicomImage, _native_little
 
-__all__ = ["MAX_SPAN", "CountedEqualization", "SliceCounts", "count_values", "equalize_counted"]
+__all__ = [
+    "MAX_SPAN",
+    "CountedEqualization",
+    "SliceCounts",
+    "StoredCounts",
+    "count_stored",
+    "count_values",
+    "counts_through",
+    "equalize_counted",
+]
 
 #: Slices whose values span more levels than this are equalized as a volume (the mapping
 #: has one entry per level and travels to every worker that writes a slice).
@@ -56,6 +65,66 @@ def count_values(values: NDArray[Any]) -> SliceCounts | None:
         return None
     counts = np.bincount((values.astype(np.int64) - lo).ravel(), minlength=hi - lo + 1)
     return SliceCounts(lo, hi, counts.astype(np.int64, copy=False))
+
+
+@dataclass(frozen=True)
+class StoredCounts:
+    """The stored values of one single-frame image: ``counts[k]`` pixels hold ``first + k``."""
+
+    first: int
+    counts: NDArray[np.int64]
+
+
+def count_stored(image: DicomImage) -> StoredCounts | None:
+    """Count the stored values of a single-frame image whose pixels are read in place.
+
+    A conversion does this as it reads the header (the native pixel data follow it), so
+    that a series equalized slice-wise needs no counting pass: :func:`counts_through`
+    turns these counts into those of the normalised values for any VOI plan. None (and
+    nothing read) for other images, which the counting pass reads and decodes.
+    """
+    info = image.info
+    if (
+        info.frames != 1
+        or info.bits_allocated > 16
+        or image._place is None
+        or not _native_little(info)
+    ):
+        return None
+    stored = image.stored
+    image.release()
+    # numpy, not the compiled kernels: a worker that scans should not load numba.
+    width = stored.dtype.itemsize * 8
+    counts = np.bincount(stored.view(f"u{width // 8}").ravel(), minlength=1 << width)
+    base = -(1 << (width - 1)) if info.signed else 0
+    if base:
+        counts = np.roll(counts, -base)  # negative values' bit patterns come last
+    used = np.flatnonzero(counts)
+    return StoredCounts(base + int(used[0]), counts[used[0] : used[-1] + 1].astype(np.int64))
+
+
+def counts_through(image: DicomImage, plan: VoiPlan, stored: StoredCounts) -> SliceCounts | None:
+    """What :func:`count_values` gives for ``plan.values(image)``, from its stored counts.
+
+    The plan maps each stored value on its own (Modality LUT or rescale, VOI LUT), so
+    mapping each distinct stored value once and adding up their counts gives the same
+    numbers as mapping and counting every pixel. None when :func:`count_values` would
+    give None.
+    """
+    present = stored.counts > 0
+    dtype = np.dtype(f"{'i' if image.info.signed else 'u'}{image.info.bits_allocated // 8}")
+    distinct = (stored.first + np.flatnonzero(present)).astype(dtype)
+    alone = DicomImage(image.dataset, image.info, image._source)
+    alone._stored = distinct.reshape(1, 1, -1)  # one frame: the plan's rescale of frame 1
+    values = plan.values(alone).ravel()
+    if values.dtype.kind not in "iu" or values.size == 0:
+        return None
+    lo, hi = int(values.min()), int(values.max())
+    if hi - lo >= MAX_SPAN:
+        return None
+    counts = np.zeros(hi - lo + 1, np.int64)
+    np.add.at(counts, values.astype(np.int64) - lo, stored.counts[present])
+    return SliceCounts(lo, hi, counts)
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,15 @@ from numpy.typing import NDArray
 
 from . import _atomic, _kernels, core
 from ._filewalk import Place
-from ._scheduler import Scheduler, Task, native_stderr_silenced
-from ._slicewise import CountedEqualization, SliceCounts, count_values, equalize_counted
+from ._scheduler import Scheduler, Task, known, native_stderr_silenced, read_headers
+from ._slicewise import (
+    CountedEqualization,
+    SliceCounts,
+    count_stored,
+    count_values,
+    counts_through,
+    equalize_counted,
+)
 from .clahe import _as_redistribution
 from .enhance import Derived, Method, canonical_parameters, enhance
 from .errors import MedeqError, OutputError, ParameterError
@@ -182,6 +189,32 @@ def _slice_values(path: str, sop_uid: str, plan: VoiPlan) -> tuple[DicomImage, N
             f"{image.info.sop_instance_uid}, was {sop_uid})"
         )
     return image, plan.values(image)
+
+
+def _read_and_count(files: list[str]) -> list[DicomImage | str]:
+    """Read headers as the scan does, and count the stored values of each image whose
+    native pixel data follow its header (:func:`medeq._slicewise.count_stored`).
+
+    A series equalized slice-wise then needs no counting pass: those counts give the
+    counts of its normalised values (:func:`medeq._slicewise.counts_through`).
+    """
+    images = read_headers(files)
+    for image in images:
+        if isinstance(image, DicomImage):
+            try:
+                image._counts = count_stored(image)
+            except MedeqError:
+                image._counts = None  # decoding reports it, in the counting pass
+    return images
+
+
+def _known_counts(image: DicomImage, plan: VoiPlan) -> tuple[Any, str | None]:
+    """The counting pass's outcome for an image whose stored values the scan counted."""
+    try:
+        counted = counts_through(image, plan, image._counts)
+    except MedeqError as exc:
+        return None, str(exc)
+    return ("volume" if counted is None else counted), None
 
 
 def _count_task(
@@ -483,17 +516,22 @@ def convert(
     settings = _Settings(enhance_options, ts, preview, figure, overwrite, keep_private)
 
     def first_pass(job: Job) -> list[Task]:
-        if job.stream is not None:
+        plan = job.stream
+        if plan is not None:
             return [
-                Task(
+                Task("decode", job, i, known, (_known_counts(im, plan),))
+                if im._counts is not None
+                else Task(
                     "decode",
                     job,
                     i,
                     _count_task,
-                    (str(im.info.path), im.info.sop_instance_uid, job.stream, quiet_decoders),
+                    (str(im.info.path), im.info.sop_instance_uid, plan, quiet_decoders),
                 )
                 for i, im in enumerate(job.images)
             ]
+        for im in job.images:
+            im._counts = None  # not needed: the volume is counted whole
         return [
             Task("decode", job, i, _decode_task, (im.info, im._place, quiet_decoders))
             for i, im in enumerate(job.images)
@@ -510,13 +548,15 @@ def convert(
         workers = min(workers, max(1, len(pairs) // FILES_PER_WORKER))
     scheduler = Scheduler(min(workers, len(pairs)), first_pass, second_pass, settle)
     warm: threading.Thread | None = None
+    slice_wise = how is Method.GLOBAL and not per_slice and mask in (None, "none") and not figure
     try:
-        headers = scheduler.scan([file for file, _ in pairs])
+        # With workers, a series goes slice-wise: its stored values are counted in the scan.
+        count = slice_wise and scheduler.workers > 1 and not dry_run
+        headers = scheduler.scan(
+            [file for file, _ in pairs], _read_and_count if count else read_headers
+        )
         jobs_todo = _plan(pairs, headers, out, settings, dry_run, settle)
         if not dry_run and jobs_todo:
-            slice_wise = (
-                how is Method.GLOBAL and not per_slice and mask in (None, "none") and not figure
-            )
             for job in jobs_todo:
                 big = scheduler.workers > 1 or _pixels(job) >= STREAM_MIN_PIXELS
                 if slice_wise and len(job.images) >= 2 and big:
