@@ -5,19 +5,21 @@ to disk, and the file is then renamed into place. A crash or kill at any point l
 target untouched; at worst a hidden ``.<name>.*.part`` file remains, which later runs may
 delete (:func:`remove_stale_parts`).
 
-A batch writes many files under :func:`deferred_sync` and flushes them all at its end
-with :func:`sync_files`. A flush waits for the file system's journal, which on ext4 also
-writes out every other process's pending data: one flush per file cost a 100-file
-conversion 0.6 s standalone and 6 ms a file beside other writers. Renaming still makes
-each file appear whole or not at all; until the batch's flush, only a power cut (not a
-crash or kill) can leave a file short, which a resumed run detects and reports.
+A batch writes many files under :func:`deferred_sync` and has a :class:`Flusher` flush
+them on a thread, as they are finished, while the batch goes on: a flush waits for the
+disk, and one per file in the writing process made that wait part of every file's cost.
+Renaming still makes each file appear whole or not at all; until its flush, only a power
+cut (not a crash or kill) can leave a file short, which a resumed run detects and
+reports.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -31,7 +33,7 @@ _deferred = False
 
 @contextlib.contextmanager
 def deferred_sync() -> Iterator[None]:
-    """Atomic writes in this block skip the flush; the caller flushes with sync_files."""
+    """Atomic writes in this block skip the flush; the caller flushes (see Flusher)."""
     global _deferred
     before, _deferred = _deferred, True
     try:
@@ -40,24 +42,41 @@ def deferred_sync() -> Iterator[None]:
         _deferred = before
 
 
-def sync_files(paths: Iterable[str | os.PathLike[str]]) -> dict[str, str]:
-    """Flush files and their folders to disk; return {path: error} for those that failed.
+class Flusher:
+    """Flushes files to disk on a thread of its own, in the order they are added.
 
-    After the first flush the file system has written the rest, so each further one
-    returns at once.
+    The thread spends its time waiting for the disk, which releases the GIL: the caller
+    goes on working meanwhile. :meth:`close` waits for the rest, flushes the folders
+    (which makes the renames durable) and returns what failed.
     """
-    failed: dict[str, str] = {}
-    folders: set[str] = set()
-    for path in paths:
-        try:
-            _fsync_path(path)
-            folders.add(os.path.dirname(os.path.abspath(path)))
-        except OSError as exc:
-            failed[str(path)] = f"{path}: cannot flush to disk: {exc.strerror or exc}"
-    for folder in sorted(folders):
-        with contextlib.suppress(OSError):  # not every system can open a folder
-            _fsync_path(folder)
-    return failed
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
+        self._failed: dict[str, str] = {}
+        self._folders: set[str] = set()
+        self._thread = threading.Thread(target=self._run, name="medeq-flush", daemon=True)
+        self._thread.start()
+
+    def add(self, paths: Iterable[str | os.PathLike[str]]) -> None:
+        self._queue.put([str(p) for p in paths])
+
+    def _run(self) -> None:
+        while (paths := self._queue.get()) is not None:
+            for path in paths:
+                try:
+                    _fsync_path(path)
+                    self._folders.add(os.path.dirname(os.path.abspath(path)))
+                except OSError as exc:
+                    self._failed[path] = f"{path}: cannot flush to disk: {exc.strerror or exc}"
+
+    def close(self) -> dict[str, str]:
+        """Wait for every file added; flush their folders; return {path: error}."""
+        self._queue.put(None)
+        self._thread.join()
+        for folder in sorted(self._folders):
+            with contextlib.suppress(OSError):  # not every system can open a folder
+                _fsync_path(folder)
+        return self._failed
 
 
 def _fsync_path(path: str | os.PathLike[str]) -> None:

@@ -502,8 +502,12 @@ def convert(
     )
     clock = time.perf_counter()
 
+    flusher: _atomic.Flusher | None = None
+
     def settle(result: FileResult) -> None:
         report.files.append(result)
+        if flusher is not None and result.status == "converted":
+            flusher.add(result.outputs)
         if progress is not None:
             progress(result)
 
@@ -572,25 +576,30 @@ def convert(
                     warm.start()
             if out.exists():
                 _atomic.remove_stale_parts(out)
+            if sync:
+                # Started after the scan: the workers are forked by then (see start_method).
+                flusher = _atomic.Flusher()
             with kernels:
                 scheduler.run(jobs_todo)
     finally:
         scheduler.close()
-        if sync:
-            _flush(report, progress)
+        if flusher is not None:
+            _flush(report, flusher.close(), progress)
     if warm is not None:
         warm.join()
     report.elapsed = time.perf_counter() - clock
     return report
 
 
-def _flush(report: Report, progress: Callable[[FileResult], None] | None) -> None:
-    """Flush the run's outputs to disk; a file that cannot be flushed has failed.
+def _flush(
+    report: Report, failed: dict[str, str], progress: Callable[[FileResult], None] | None
+) -> None:
+    """Fail the files whose outputs could not be flushed to disk (``failed``: path -> error).
 
     ``progress`` hears of such a file again, now failed.
     """
     converted = {p: r for r in report.files if r.status == "converted" for p in r.outputs}
-    for path, error in _atomic.sync_files(converted).items():
+    for path, error in failed.items():
         result = converted[path]
         if result.status == "failed":
             continue  # its other output failed too
