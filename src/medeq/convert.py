@@ -64,6 +64,9 @@ JIT_WORTH_PIXELS = 1 << 26
 #: images and runs in parallel, or is this many pixels or more; otherwise it is decoded
 #: into one volume here. Slice-wise, no volume is ever held in memory.
 STREAM_MIN_PIXELS = 1 << 26
+#: A batch of at most this many files counts stored values as it reads the headers (a
+#: 512 x 512 CT slice's counts take about 12 KiB until its series is equalized).
+SCAN_COUNT_MAX_FILES = 4096
 #: With the default ``jobs``, one worker process per this many input files (at most one
 #: per core): below about that, a worker's start-up costs more than it saves.
 FILES_PER_WORKER = 32
@@ -522,9 +525,14 @@ def convert(
     def first_pass(job: Job) -> list[Task]:
         plan = job.stream
         if plan is not None:
+            known_counts = [
+                None if im._counts is None else _known_counts(im, plan) for im in job.images
+            ]
+            for im in job.images:
+                im._counts = None  # used: the memory goes back
             return [
-                Task("decode", job, i, known, (_known_counts(im, plan),))
-                if im._counts is not None
+                Task("decode", job, i, known, (outcome,))
+                if outcome is not None
                 else Task(
                     "decode",
                     job,
@@ -532,7 +540,7 @@ def convert(
                     _count_task,
                     (str(im.info.path), im.info.sop_instance_uid, plan, quiet_decoders),
                 )
-                for i, im in enumerate(job.images)
+                for i, (im, outcome) in enumerate(zip(job.images, known_counts, strict=True))
             ]
         for im in job.images:
             im._counts = None  # not needed: the volume is counted whole
@@ -554,8 +562,14 @@ def convert(
     warm: threading.Thread | None = None
     slice_wise = how is Method.GLOBAL and not per_slice and mask in (None, "none") and not figure
     try:
-        # With workers, a series goes slice-wise: its stored values are counted in the scan.
-        count = slice_wise and scheduler.workers > 1 and not dry_run
+        # With workers, a series goes slice-wise: its stored values are counted in the scan
+        # (unless the batch is so big that keeping every file's counts would cost much).
+        count = (
+            slice_wise
+            and scheduler.workers > 1
+            and not dry_run
+            and len(pairs) <= SCAN_COUNT_MAX_FILES
+        )
         headers = scheduler.scan(
             [file for file, _ in pairs], _read_and_count if count else read_headers
         )
