@@ -355,3 +355,47 @@ def test_no_sync_is_passed_through_and_reported(tmp_path: Path) -> None:
     data = json.loads(report.read_text())
     assert data["parameters"]["sync"] is False
     assert data["totals"]["converted"] == 1
+
+
+def test_other_files_in_a_folder_are_ignored_not_failed(tmp_path: Path) -> None:
+    # Export folders hold READMEs, manifests and pictures beside the DICOM files: those
+    # are listed as ignored, not failures. A broken file named as DICOM still fails.
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), src / "ct.dcm")
+    (src / "README.md").write_text("# export\n")
+    (src / "MANIFEST.tsv").write_text("file\tsha\n")
+    (src / "thumb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 200)
+    report = tmp_path / "r.json"
+    run = medeq("convert", str(src), "-o", str(tmp_path / "out"), "--report", str(report))
+    assert run.returncode == 0, run.stderr
+    assert "(3 not DICOM, ignored)" in run.stderr
+    data = json.loads(report.read_text())
+    assert data["totals"] == {"converted": 1, "skipped": 0, "failed": 0, "planned": 0, "total": 1}
+    assert sorted(Path(p).name for p in data["ignored_not_dicom"]) == [
+        "MANIFEST.tsv",
+        "README.md",
+        "thumb.png",
+    ]
+    (src / "empty.dcm").write_bytes(b"")
+    (src / "IM000002").write_text("not an image\n")
+    run = medeq("convert", str(src), "-o", str(tmp_path / "out2"), "--report", str(report))
+    assert run.returncode == 1
+    failed = {
+        Path(f["input"]).name
+        for f in json.loads(report.read_text())["files"]
+        if f["status"] == "failed"
+    }
+    assert failed == {"empty.dcm", "IM000002"}
+    # Named on the command line, a non-DICOM file is tried, and fails.
+    run = medeq("convert", str(src / "README.md"), "-o", str(tmp_path / "out3"))
+    assert run.returncode == 1 and "README.md" in run.stderr
+
+
+def test_a_folder_without_dicom_files_is_nothing_to_do(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "notes.txt").write_text("nothing here\n")
+    run = medeq("convert", str(src), "-o", str(tmp_path / "out"))
+    assert run.returncode == 2
+    assert "(1 not DICOM, ignored)" in run.stderr

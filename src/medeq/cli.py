@@ -287,14 +287,17 @@ def _cmd_convert(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         for f in report.files:
             if f.status in ("planned", "skipped"):
                 print(f"{f.status:9} {f.input} -> {', '.join(f.outputs) or '-'}")
+        for name in report.ignored:
+            print(f"{'ignored':9} {name} (not DICOM)")
     if not args.quiet:
         t = report.totals
         where = f" -> {args.output}" if not args.dry_run else " (dry run)"
         extra = f", report {args.report}" if args.report else ""
+        ignored = f" ({len(report.ignored)} not DICOM, ignored)" if report.ignored else ""
         print(
             f"medeq: {t['converted']} converted, {t['skipped']} skipped, {t['failed']} failed"
             f"{', ' + str(t['planned']) + ' planned' if args.dry_run else ''} of {t['total']} "
-            f"file(s) in {time.perf_counter() - started:.1f} s{where}{extra}",
+            f"file(s){ignored} in {time.perf_counter() - started:.1f} s{where}{extra}",
             file=sys.stderr,
         )
     return report.exit_code

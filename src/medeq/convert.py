@@ -49,7 +49,7 @@ from .clahe import _as_redistribution
 from .enhance import Derived, Method, canonical_parameters, enhance
 from .errors import MedeqError, OutputError, ParameterError
 from .normalize import VoiPlan, WindowSpec, parse_window, voi_plan
-from .reader import DicomImage, ImageInfo, logged_warnings, read, read_whole
+from .reader import DicomImage, ImageInfo, logged_warnings, looks_like_dicom, read, read_whole
 from .series import Series, _make_series, find_dicom_files
 from .writer import TransferSyntax, derive_header, derived_uid, sidecar, write_image
 
@@ -93,6 +93,8 @@ class Report:
     output: str
     parameters: dict[str, Any]
     files: list[FileResult] = field(default_factory=list)
+    #: Files found in input folders that are not DICOM (text, pictures): not converted.
+    ignored: list[str] = field(default_factory=list)
     started: str = ""
     elapsed: float = 0.0
     dry_run: bool = False
@@ -127,6 +129,7 @@ class Report:
             "parameters": self.parameters,
             "totals": self.totals,
             "files": [f.__dict__ for f in self.files],
+            "ignored_not_dicom": self.ignored,
         }
 
     def write_json(self, path: str | os.PathLike[str]) -> Path:
@@ -289,18 +292,44 @@ def _write_task(
 # --------------------------------------------------------------------------- planning
 
 
-def _expand(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[Path, Path]]:
-    """(file, root) pairs: outputs mirror each file's path relative to its root."""
+def _expand(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(file, root) pairs, and the files of folders that are not DICOM.
+
+    Outputs mirror each file's path relative to its root. A folder's text files, pictures
+    and the like (:func:`_other_kind`) are left out: they are not failures of the
+    conversion. A file named on its own is always tried.
+    """
     pairs: list[tuple[Path, Path]] = []
+    ignored: list[str] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            pairs += [(f, p) for f in find_dicom_files(p)]
+            for f in find_dicom_files(p):
+                if _other_kind(f):
+                    ignored.append(str(f))
+                else:
+                    pairs.append((f, p))
         elif p.name.upper() == "DICOMDIR" and p.is_file():
             pairs += [(f, p.parent) for f in find_dicom_files(p)]
         else:
             pairs.append((p, p.parent))
-    return pairs
+    return pairs, ignored
+
+
+#: Extensions DICOM files carry; files without an extension, or named after a UID, count
+#: as DICOM files too.
+_DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".dc3", ".ima", ".img"})
+
+
+def _other_kind(file: Path) -> bool:
+    """A file of a folder that is plainly something else: a text, a picture, a program.
+
+    It has an extension of letters that is not a DICOM one, and its first bytes are not
+    DICOM's. A broken file named as DICOM (empty, cut short) is not one: it fails.
+    """
+    suffix = file.suffix.lower()
+    named_otherwise = suffix[1:].isalnum() and not suffix[1:].isdigit()
+    return named_otherwise and suffix not in _DICOM_SUFFIXES and not looks_like_dicom(file)
 
 
 def _check_output(output: Path, inputs: Iterable[str | os.PathLike[str]]) -> None:
@@ -514,7 +543,7 @@ def convert(
         if progress is not None:
             progress(result)
 
-    pairs = _expand(paths)
+    pairs, report.ignored = _expand(paths)
     if on_start is not None:
         on_start(len(pairs))
     if not pairs:

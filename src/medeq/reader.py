@@ -360,6 +360,29 @@ def _parse(opener: Any, name: str, *, stop_before_pixels: bool) -> tuple[Dataset
     return ds, inferred
 
 
+#: Groups a data set without a preamble can start with (little or big endian).
+_FIRST_GROUPS = frozenset(
+    g.to_bytes(2, order)
+    for g in (0x0002, 0x0008, 0x0010, 0x0018, 0x0020, 0x0028)
+    for order in ("little", "big")
+)
+
+
+def looks_like_dicom(path: str | os.PathLike[str]) -> bool:
+    """Whether a file may be DICOM, from its first 132 bytes (False for text and images).
+
+    True for a 'DICM' preamble, or a start that reads as an element of one of the first
+    groups of a data set (files without preamble and file meta). Only :func:`read` can
+    tell a True for certain.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return True  # read() reports why it cannot be read
+    return head[128:132] == b"DICM" or head[:2] in _FIRST_GROUPS
+
+
 def _file_meta(ds: Dataset) -> Dataset:
     meta = getattr(ds, "file_meta", None)
     return meta if meta is not None else Dataset()
