@@ -516,3 +516,30 @@ def test_real_htj2k_codestreams_decode_to_the_source_pixels(
     image = medeq.read(tmp_path / "ht.dcm")
     assert image.info.transfer_syntax == ts
     np.testing.assert_array_equal(image.stored[0], pixels)
+
+
+@pytest.mark.parametrize("shape", [(130, 130), (25, 679)])
+def test_explicit_data_labelled_implicit_reads_as_pydicom_reads_it(
+    tmp_path: Path, shape: tuple[int, int]
+) -> None:
+    # The file meta says Implicit VR Little Endian, the body is explicit (mislabelled
+    # files exist): read in place as implicit, Pixel Data's "OB\0\0" would pass for its
+    # length. The reader must leave such a file to pydicom, which detects the encoding.
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    rows, columns = shape
+    pixels = (np.arange(rows * columns) % 251).astype(np.uint8).reshape(shape)
+    ds.Rows, ds.Columns = rows, columns
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = pixels.tobytes()
+    ds["PixelData"].VR = "OB"
+    path = tmp_path / "mislabelled.dcm"
+    ds.save_as(path, enforce_file_format=True)  # explicit VR little endian
+    data = bytearray(path.read_bytes())
+    explicit, implicit = b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.1.2\0\0\0"
+    at = data.index(explicit)
+    data[at : at + len(explicit)] = implicit  # same length: the meta stays consistent
+    path.write_bytes(bytes(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image = medeq.read(path)
+        np.testing.assert_array_equal(image.stored[0], pixels)

@@ -54,7 +54,7 @@ class Skipper:
         vr = data[4:6]
         # Items and delimiters carry no VR; some writers switch to implicit VR inside
         # explicit data, which shows as a "VR" that is not two capital letters.
-        if group == 0xFFFE or self.implicit or not (b"AA" <= vr <= b"ZZ"):
+        if group == 0xFFFE or self.implicit or not (vr.isalpha() and vr.isupper()):
             return group << 16 | element, None, struct.unpack(self.order + "L", data[4:])[0]
         if vr in LONG_VRS:
             return group << 16 | element, vr, struct.unpack(self.order + "L", self.fp.read(4))[0]

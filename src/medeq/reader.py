@@ -32,7 +32,7 @@ from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from . import _codestream
-from ._filewalk import PIXEL_DATA, UNDEFINED, Place, Skipper, last_place, resume
+from ._filewalk import PIXEL_DATA, Place, Skipper, last_place, resume
 from .errors import CorruptPixelDataError, NotDicomError, UnsupportedImageError
 
 __all__ = ["DicomImage", "ImageInfo", "Source", "Window", "read", "read_info"]
@@ -644,24 +644,36 @@ def _native_pixel_data(image: DicomImage) -> bytes | None:
     if not isinstance(src, Path) or image._place is None or not _native_little(info):
         return None
     implicit = info.transfer_syntax == ImplicitVRLittleEndian
+    expected = info.frames * info.rows * info.columns * (info.bits_allocated // 8)
     try:
         with open(src, "rb") as fp:
             walker = Skipper(fp, implicit=implicit, little=True)
             if not resume(walker, image._place):
                 return None
-            while (element := walker.header()) is not None:
-                tag, vr, length = element
-                if tag == PIXEL_DATA:
-                    if length == UNDEFINED or vr not in (None, b"OB", b"OW"):
-                        return None
-                    data = fp.read(length)
-                    return data if len(data) == length else None
-                if tag > PIXEL_DATA:
+            while True:
+                start = fp.tell()
+                element = walker.header()
+                if element is None or element[0] > PIXEL_DATA:
                     return None
-                walker.skip(vr, length)
+                tag, vr, length = element
+                if tag != PIXEL_DATA:
+                    walker.skip(vr, length)
+                    continue
+                fp.seek(start + 4)
+                if implicit and fp.read(4) in (b"OB\0\0", b"OW\0\0"):
+                    return None  # explicit VR under an implicit label: pydicom copes
+                # Only data of exactly the size the header gives (or one pad byte more):
+                # anything else is for the full parse to decode or to refuse.
+                if vr not in (None, b"OB", b"OW") or length not in (
+                    expected,
+                    expected + expected % 2,
+                ):
+                    return None
+                fp.seek(start + (8 if vr is None else 12))
+                data = fp.read(length)
+                return data if len(data) == length else None
     except (OSError, ValueError, struct.error):
         return None
-    return None
 
 
 def _decode(image: DicomImage) -> NDArray[Any]:
