@@ -69,9 +69,13 @@ def count_values(values: NDArray[Any]) -> SliceCounts | None:
 
 @dataclass(frozen=True)
 class StoredCounts:
-    """The stored values of one single-frame image: ``counts[k]`` pixels hold ``first + k``."""
+    """The stored values of one single-frame image: ``counts[k]`` pixels hold ``values[k]``.
 
-    first: int
+    Only the values present are kept (a CT slice has a few thousand, even when its
+    padding value lies far below the rest), with 32-bit counts: a few KiB a slice.
+    """
+
+    values: NDArray[Any]
     counts: NDArray[np.uint32]
 
 
@@ -100,8 +104,7 @@ def count_stored(image: DicomImage) -> StoredCounts | None:
     if base:
         counts = np.roll(counts, -base)  # negative values' bit patterns come last
     used = np.flatnonzero(counts)
-    # 32 bits hold any slice's counts, at half the memory a scan keeps per file.
-    return StoredCounts(base + int(used[0]), counts[used[0] : used[-1] + 1].astype(np.uint32))
+    return StoredCounts((used + base).astype(stored.dtype), counts[used].astype(np.uint32))
 
 
 def counts_through(image: DicomImage, plan: VoiPlan, stored: StoredCounts) -> SliceCounts | None:
@@ -112,11 +115,8 @@ def counts_through(image: DicomImage, plan: VoiPlan, stored: StoredCounts) -> Sl
     numbers as mapping and counting every pixel. None when :func:`count_values` would
     give None.
     """
-    present = stored.counts > 0
-    dtype = np.dtype(f"{'i' if image.info.signed else 'u'}{image.info.bits_allocated // 8}")
-    distinct = (stored.first + np.flatnonzero(present)).astype(dtype)
     alone = DicomImage(image.dataset, image.info, image._source)
-    alone._stored = distinct.reshape(1, 1, -1)  # one frame: the plan's rescale of frame 1
+    alone._stored = stored.values.reshape(1, 1, -1)  # one frame: the rescale of frame 1
     values = plan.values(alone).ravel()
     if values.dtype.kind not in "iu" or values.size == 0:
         return None
@@ -124,7 +124,7 @@ def counts_through(image: DicomImage, plan: VoiPlan, stored: StoredCounts) -> Sl
     if hi - lo >= MAX_SPAN:
         return None
     counts = np.zeros(hi - lo + 1, np.int64)
-    np.add.at(counts, values.astype(np.int64) - lo, stored.counts[present].astype(np.int64))
+    np.add.at(counts, values.astype(np.int64) - lo, stored.counts.astype(np.int64))
     return SliceCounts(lo, hi, counts)
 
 

@@ -65,7 +65,7 @@ JIT_WORTH_PIXELS = 1 << 26
 #: into one volume here. Slice-wise, no volume is ever held in memory.
 STREAM_MIN_PIXELS = 1 << 26
 #: A batch of at most this many files counts stored values as it reads the headers (a
-#: 512 x 512 CT slice's counts take about 12 KiB until its series is equalized).
+#: 512 x 512 CT slice's counts take 12-24 KiB until its series is equalized).
 SCAN_COUNT_MAX_FILES = 4096
 #: With the default ``jobs``, one worker process per this many input files (at most one
 #: per core): below about that, a worker's start-up costs more than it saves.
