@@ -356,6 +356,13 @@ def test_outputs_are_flushed_by_the_run_not_by_each_write(
     assert str(tmp_path / "out") in flushed  # the folder, for the renames
     if jobs == 1:  # the workers of jobs=2 are other processes: not counted here
         assert fsyncs[0] == len(flushed)
+    if jobs == 1:
+        # Replacing files (--overwrite): each is flushed before its rename, so that a
+        # power cut leaves the old file or the new one; the run flushes them again.
+        fsyncs[0] = 0
+        flushed.clear()
+        medeq.convert([tmp_path / "in"], tmp_path / "out", jobs=1, overwrite=True)
+        assert fsyncs[0] == 14 + len(flushed)
     flushed.clear()
     unsynced = medeq.convert([tmp_path / "in"], tmp_path / "out2", jobs=jobs, sync=False)
     assert unsynced.totals["converted"] == 7 and unsynced.parameters["sync"] is False
@@ -388,6 +395,10 @@ def test_a_file_that_cannot_be_flushed_has_failed(
     [bad] = [r for r in report.files if r.status == "failed"]
     assert seen[-1] == ("CT_small_2.dcm", "failed")  # told again, after "converted"
     assert bad.outputs == []
+    # Its files are gone: what is on disk may not be what was written.
+    assert not (tmp_path / "out" / "CT_small_2.dcm").exists()
+    assert not (tmp_path / "out" / "CT_small_2.jpg").exists()
+    assert (tmp_path / "out" / "CT_small_1.dcm").exists()
     assert bad.input.endswith("CT_small_2.dcm")
     target = tmp_path / "out" / "CT_small_2.dcm"
     assert bad.error == f"{target}: cannot flush to disk: {os.strerror(errno.EIO)}"

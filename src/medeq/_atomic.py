@@ -121,7 +121,9 @@ def atomic_write(
             os.fchmod(f.fileno(), _file_mode())
             write(f)
             f.flush()
-            if not _deferred:
+            # A file that replaces another is flushed before the rename even in a batch:
+            # a power cut then leaves the old file or the new one, never a cut one.
+            if not _deferred or (overwrite and path.exists()):
                 os.fsync(f.fileno())
         if overwrite:
             os.replace(tmp, path)

@@ -182,7 +182,7 @@ def _value(tag: int, elem: DataElement) -> bytes | None:
             return _padded(value.encode("ascii"), b"\0" if vr == "UI" else b" ")
         if vr in ("OB", "OW") and isinstance(value, bytes):
             return _padded(value, b"\0")
-    except (struct.error, TypeError, UnicodeError):
+    except (struct.error, TypeError, UnicodeError, OverflowError):
         return None  # pydicom reports it, with its own message
     return None
 

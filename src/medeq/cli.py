@@ -257,8 +257,12 @@ def _cmd_convert(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     def on_start(total: int) -> None:
         progress.total = max(total, 1)
 
+    counted: set[int] = set()
+
     def on_result(result: FileResult) -> None:
-        progress.update(result)
+        if id(result) not in counted:  # a file whose flush fails is told of twice
+            counted.add(id(result))
+            progress.update(result)
         if result.status == "failed":
             progress.clear()
             print(f"medeq: error: {result.error}", file=sys.stderr)

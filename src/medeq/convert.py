@@ -254,11 +254,12 @@ def _counted_write_task(
     try:
         with native_stderr_silenced(quiet):
             image, values = _slice_values(path, sop_uid, counted.plan)
-        pixels = counted.map(image, values)
-    except ParameterError as exc:  # from map: other values than the first pass counted
-        return [], f"{path}: changed during the conversion ({exc})"
     except MedeqError as exc:
         return [], str(exc)
+    try:
+        pixels = counted.map(image, values)
+    except ParameterError as exc:  # other values than the first pass counted
+        return [], f"{path}: changed during the conversion ({exc})"
     return _write_task(image, counted.header_options, pixels, target, ts, overwrite, window)
 
 
@@ -369,16 +370,16 @@ def _already_done(target: Path, expected_uid: str, preview: bool) -> bool | str:
     if not target.exists():
         return False
     try:
-        ds = pydicom.dcmread(target, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-        ours = str(ds.get("SOPInstanceUID", "")) == expected_uid
-    except Exception:  # an unreadable file at the target is simply not ours
-        ours = False
-    if not ours:
+        with native_stderr_silenced(True):
+            image: DicomImage | None = read(target)
+    except MedeqError:  # an unreadable file at the target is not ours (or not whole)
+        image = None
+    if image is None or image.info.sop_instance_uid != expected_uid:
         return (
             f"{target}: exists and is not this command's output for these parameters "
             "(use --overwrite to replace it)"
         )
-    problem = _incomplete(target, preview)
+    problem = _incomplete(image, preview)
     if problem:
         return (
             f"{target}: an earlier output of this command is incomplete ({problem}); "
@@ -387,14 +388,14 @@ def _already_done(target: Path, expected_uid: str, preview: bool) -> bool | str:
     return True
 
 
-def _incomplete(target: Path, preview: bool) -> str | None:
+def _incomplete(image: DicomImage, preview: bool) -> str | None:
     """Why an output (and its preview) is not whole, or None."""
     try:
         with native_stderr_silenced(True):
-            _ = read(target).stored
+            _ = image.stored
     except MedeqError as exc:
         return str(exc)
-    jpeg = sidecar(target, ".jpg")
+    jpeg = sidecar(Path(image.name), ".jpg")
     if preview and jpeg.exists():
         try:
             with open(jpeg, "rb") as f:
@@ -646,6 +647,10 @@ def _flush(
         result = converted[path]
         if result.status == "failed":
             continue  # its other output failed too
+        # What is on disk may not be what was written: a rerun must make it again.
+        for output in result.outputs:
+            with contextlib.suppress(OSError):
+                os.unlink(output)
         result.status, result.error, result.outputs = "failed", error, []
         if progress is not None:
             progress(result)
