@@ -37,7 +37,6 @@ __all__ = [
     "Inline",
     "Scheduler",
     "Task",
-    "known",
     "native_stderr_silenced",
     "read_headers",
     "start_method",
@@ -77,11 +76,6 @@ def start_method() -> str:
 
 def _ready() -> None:
     """A task that does nothing: its end tells that a worker process is up."""
-
-
-def known(outcome: Any) -> Any:
-    """A first-pass task whose outcome this process already has: it is never sent."""
-    return outcome
 
 
 def _launch(pool: Executor, workers: int) -> list[Future[None]]:
@@ -288,11 +282,7 @@ class Scheduler:
             self.closed = True
             self.pool.shutdown(wait=True)
 
-    def scan(
-        self,
-        files: list[Path],
-        reader: Callable[[list[str]], list[DicomImage | str]] = read_headers,
-    ) -> list[DicomImage | str]:
+    def scan(self, files: list[Path]) -> list[DicomImage | str]:
         """Headers of ``files`` (or error messages), read in batches by the workers.
 
         Until the first worker is up (each imports medeq, which takes half a second),
@@ -300,13 +290,12 @@ class Scheduler:
         few batches from the front and reads from the back itself, until the two meet.
         Reading a header runs no C decoder, so a worker should not die on one; if the
         pool breaks anyway (the OOM killer), the batches it lost are read here too.
-        ``reader`` reads one batch (a module-level function: it is sent to the workers).
         """
         names = [str(f) for f in files]
         size = max(1, min(32, len(names) // (4 * self.workers)))
         batches = [names[i : i + size] for i in range(0, len(names), size)]
         if isinstance(self.pool, Inline):
-            return [image for batch in batches for image in reader(batch)]
+            return [image for batch in batches for image in read_headers(batch)]
         done: list[list[DicomImage | str] | None] = [None] * len(batches)
         broken = False
         try:
@@ -316,18 +305,18 @@ class Scheduler:
                 len(batches),
             )  # the pool takes batches[front], this process batches[back - 1]
             while front < back and not any(r.done() for r in ready):
-                done[front] = reader(batches[front])
+                done[front] = read_headers(batches[front])
                 front += 1
             # No future is ever cancelled: a cancelled future in a pool that then breaks
             # kills the pool's manager thread (Python 3.11), which leaves workers hanging.
             inflight: dict[Future[list[DicomImage | str]], int] = {}
             while front < back or inflight:
                 while front < back and not broken and len(inflight) < 2 * self.workers:
-                    inflight[self.pool.submit(reader, batches[front])] = front
+                    inflight[self.pool.submit(read_headers, batches[front])] = front
                     front += 1
                 if front < back:
                     back -= 1
-                    done[back] = reader(batches[back])
+                    done[back] = read_headers(batches[back])
                     finished = [f for f in inflight if f.done()]
                 else:
                     finished = list(wait(list(inflight), return_when=FIRST_COMPLETED)[0])
@@ -337,7 +326,7 @@ class Scheduler:
                         done[i] = future.result()
                     except BrokenProcessPool:
                         broken = True
-                        done[i] = reader(batches[i])
+                        done[i] = read_headers(batches[i])
         except BaseException:
             self.abort()
             raise
@@ -372,10 +361,7 @@ class Scheduler:
         """Submit a job's first pass."""
         self.decoded[id(job)] = [None] * len(job.images)
         for task in self.first_pass(job):
-            if task.fn is known:
-                self._done(task, task.args[0])
-            else:
-                self.submit(task)
+            self.submit(task)
 
     def _done(self, task: Task, outcome: Any) -> None:
         job, i = task.job, task.index

@@ -36,6 +36,7 @@ __all__ = [
     "count_values",
     "counts_through",
     "equalize_counted",
+    "stored_countable",
 ]
 
 #: Slices whose values span more levels than this are equalized as a volume (the mapping
@@ -79,22 +80,30 @@ class StoredCounts:
     counts: NDArray[np.uint32]
 
 
+def stored_countable(image: DicomImage) -> bool:
+    """Whether :func:`count_stored` applies: one frame of native 8/16-bit pixel data
+    whose place in the file the header read found."""
+    info = image.info
+    return (
+        info.frames == 1
+        and info.bits_allocated <= 16
+        and image._place is not None
+        and _native_little(info)
+    )
+
+
 def count_stored(image: DicomImage) -> StoredCounts | None:
     """Count the stored values of a single-frame image whose pixels are read in place.
 
-    A conversion does this as it reads the header (the native pixel data follow it), so
-    that a series equalized slice-wise needs no counting pass: :func:`counts_through`
-    turns these counts into those of the normalised values for any VOI plan. None (and
-    nothing read) for other images, which the counting pass reads and decodes.
+    A conversion's worker does this without parsing the header again (the native pixel
+    data are read from where the header ended); :func:`counts_through` then turns these
+    counts into those of the normalised values for any VOI plan, in the process that
+    has the header. None (and nothing read) for other images (:func:`stored_countable`),
+    which a worker reads, decodes and normalises.
     """
-    info = image.info
-    if (
-        info.frames != 1
-        or info.bits_allocated > 16
-        or image._place is None
-        or not _native_little(info)
-    ):
+    if not stored_countable(image):
         return None
+    info = image.info
     stored = image.stored
     image.release()
     # numpy, not the compiled kernels: a worker that scans should not load numba.

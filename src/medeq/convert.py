@@ -36,14 +36,16 @@ from numpy.typing import NDArray
 
 from . import _atomic, _kernels, core
 from ._filewalk import Place
-from ._scheduler import Scheduler, Task, known, native_stderr_silenced, read_headers
+from ._scheduler import Scheduler, Task, native_stderr_silenced
 from ._slicewise import (
     CountedEqualization,
     SliceCounts,
+    StoredCounts,
     count_stored,
     count_values,
     counts_through,
     equalize_counted,
+    stored_countable,
 )
 from .clahe import _as_redistribution
 from .enhance import Derived, Method, canonical_parameters, enhance
@@ -64,9 +66,6 @@ JIT_WORTH_PIXELS = 1 << 26
 #: images and runs in parallel, or is this many pixels or more; otherwise it is decoded
 #: into one volume here. Slice-wise, no volume is ever held in memory.
 STREAM_MIN_PIXELS = 1 << 26
-#: A batch of at most this many files counts stored values as it reads the headers (a
-#: 512 x 512 CT slice's counts take 12-24 KiB until its series is equalized).
-SCAN_COUNT_MAX_FILES = 4096
 #: With the default ``jobs``, one worker process per this many input files (at most one
 #: per core): below about that, a worker's start-up costs more than it saves.
 FILES_PER_WORKER = 32
@@ -197,30 +196,25 @@ def _slice_values(path: str, sop_uid: str, plan: VoiPlan) -> tuple[DicomImage, N
     return image, plan.values(image)
 
 
-def _read_and_count(files: list[str]) -> list[DicomImage | str]:
-    """Read headers as the scan does, and count the stored values of each image whose
-    native pixel data follow its header (:func:`medeq._slicewise.count_stored`).
+def _stored_count_task(
+    info: ImageInfo, place: Place | None, quiet: bool
+) -> tuple[StoredCounts | None, str | None]:
+    """Count the stored values of one uncompressed single-frame file.
 
-    A series equalized slice-wise then needs no counting pass: those counts give the
-    counts of its normalised values (:func:`medeq._slicewise.counts_through`).
+    Its pixel data are read from where the scan found its header to end: the header is
+    not parsed again. This process turns the counts into those of the normalised values
+    (:func:`medeq._slicewise.counts_through`), with the header it already has.
     """
-    images = read_headers(files)
-    for image in images:
-        if isinstance(image, DicomImage):
-            try:
-                image._counts = count_stored(image)
-            except MedeqError:
-                image._counts = None  # decoding reports it, in the counting pass
-    return images
-
-
-def _known_counts(image: DicomImage, plan: VoiPlan) -> tuple[Any, str | None]:
-    """The counting pass's outcome for an image whose stored values the scan counted."""
     try:
-        counted = counts_through(image, plan, image._counts)
+        with native_stderr_silenced(quiet):
+            image = DicomImage(pydicom.Dataset(), info, Path(str(info.path)))
+            image._place = place
+            counts = count_stored(image)
     except MedeqError as exc:
         return None, str(exc)
-    return ("volume" if counted is None else counted), None
+    if counts is None:
+        return None, f"{info.path}: its stored values cannot be counted"
+    return counts, None
 
 
 def _count_task(
@@ -555,14 +549,9 @@ def convert(
     def first_pass(job: Job) -> list[Task]:
         plan = job.stream
         if plan is not None:
-            known_counts = [
-                None if im._counts is None else _known_counts(im, plan) for im in job.images
-            ]
-            for im in job.images:
-                im._counts = None  # used: the memory goes back
             return [
-                Task("decode", job, i, known, (outcome,))
-                if outcome is not None
+                Task("decode", job, i, _stored_count_task, (im.info, im._place, quiet_decoders))
+                if stored_countable(im)
                 else Task(
                     "decode",
                     job,
@@ -570,10 +559,8 @@ def convert(
                     _count_task,
                     (str(im.info.path), im.info.sop_instance_uid, plan, quiet_decoders),
                 )
-                for i, (im, outcome) in enumerate(zip(job.images, known_counts, strict=True))
+                for i, im in enumerate(job.images)
             ]
-        for im in job.images:
-            im._counts = None  # not needed: the volume is counted whole
         return [
             Task("decode", job, i, _decode_task, (im.info, im._place, quiet_decoders))
             for i, im in enumerate(job.images)
@@ -592,17 +579,7 @@ def convert(
     warm: threading.Thread | None = None
     slice_wise = how is Method.GLOBAL and not per_slice and mask in (None, "none") and not figure
     try:
-        # With workers, a series goes slice-wise: its stored values are counted in the scan
-        # (unless the batch is so big that keeping every file's counts would cost much).
-        count = (
-            slice_wise
-            and scheduler.workers > 1
-            and not dry_run
-            and len(pairs) <= SCAN_COUNT_MAX_FILES
-        )
-        headers = scheduler.scan(
-            [file for file, _ in pairs], _read_and_count if count else read_headers
-        )
+        headers = scheduler.scan([file for file, _ in pairs])
         jobs_todo = _plan(pairs, headers, out, settings, dry_run, settle)
         if not dry_run and jobs_todo:
             for job in jobs_todo:
@@ -823,6 +800,7 @@ def _stream_job(
     """
     plan = job.stream
     assert plan is not None
+    outcomes = [_normalised_counts(job.images[i], plan, o) for i, o in enumerate(outcomes)]
     if any(counted == "volume" for counted, _ in outcomes):
         job.stream = None
         return -1
@@ -864,6 +842,20 @@ def _stream_job(
         return _counted_write_task, args
 
     return _submit_writes(job, good, counted, settle, submit, write)
+
+
+def _normalised_counts(
+    image: DicomImage, plan: VoiPlan, outcome: tuple[Any, str | None]
+) -> tuple[Any, str | None]:
+    """A counting task's outcome, with counts of stored values made normalised ones."""
+    counted, error = outcome
+    if not isinstance(counted, StoredCounts):
+        return outcome
+    try:
+        normalised = counts_through(image, plan, counted)
+    except MedeqError as exc:
+        return None, str(exc)
+    return ("volume" if normalised is None else normalised), error
 
 
 def _submit_writes(

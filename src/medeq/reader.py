@@ -153,8 +153,6 @@ class DicomImage:
         self._stored: NDArray[Any] | None = None
         #: Where the header of a file source ends (see medeq._filewalk), if known.
         self._place: Place | None = None
-        #: What a conversion's scan counted of the stored values (medeq._slicewise).
-        self._counts: Any = None
 
     def __repr__(self) -> str:
         i = self.info
