@@ -330,10 +330,8 @@ def derive_header(
             if keyword in ds:
                 del ds[keyword]
         # Pixel data and what describes its encoding (Extended Offset Table) are rewritten.
-        tags = list(ds.keys())
-        for tag in tags:
-            if tag.group == 0x7FE0:
-                del ds[tag]
+        for tag in [t for t in ds._dict if t >> 16 == 0x7FE0]:
+            del ds[tag]
         if str(ds.get("PixelPresentation") or "") in ("COLOR", "MIXED"):
             ds.PixelPresentation = "MONOCHROME"
         if source.info.sop_class_uid == ENHANCED_MR:
@@ -558,11 +556,10 @@ def _drop_nested_images(ds: Dataset) -> None:
     written in a native transfer syntax.
     """
     doomed = []
-    for tag in list(ds.keys()):
-        raw = ds.get_item(tag)
+    for tag, raw in list(ds._dict.items()):
         # Only sequences are looked into (converting every element costs more than the
         # rest of the header work): explicit SQ, or anything of undefined length.
-        if raw is None or not (raw.VR == "SQ" or raw.VR is None or raw.VR == "UN"):
+        if not (raw.VR == "SQ" or raw.VR is None or raw.VR == "UN"):
             continue
         element = ds[tag]
         if element.VR == "SQ" and _holds_encapsulated(element.value):
