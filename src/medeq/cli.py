@@ -123,8 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument(
         "--no-sync",
         action="store_true",
-        help="do not flush the outputs to disk at the end (faster; a power cut soon after "
-        "may cut files short, which a rerun reports)",
+        help="do not flush the outputs to disk (faster when the disk is busy; a power cut "
+        "soon after may cut files short, which a rerun reports)",
     )
     conv.add_argument(
         "--no-private", action="store_true", help="leave private attributes out of the outputs"

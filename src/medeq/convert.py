@@ -461,9 +461,10 @@ def convert(
     keep_private : bool
         Copy private attributes into the outputs.
     sync : bool
-        Flush the outputs to disk at the end of the run (a file that cannot be flushed
-        fails). Without it a power cut soon after the run may cut outputs short; a rerun
-        reports such files. Every file appears whole or not at all either way.
+        Flush the outputs to disk, on a thread, as they are finished; the call returns
+        once all are (a file that cannot be flushed fails). Without it a power cut soon
+        after the run may cut outputs short; a rerun reports such files. Every file
+        appears whole or not at all either way.
     quiet_decoders : bool
         Hide what C decoder libraries print to standard error.
     progress : callable, optional
