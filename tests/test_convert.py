@@ -425,3 +425,19 @@ def test_a_rerun_finds_outputs_cut_short(tmp_path: Path) -> None:
     fixed = medeq.convert([tmp_path / "in"], tmp_path / "out", jobs=1, overwrite=True)
     assert fixed.totals["converted"] == 7
     assert medeq.convert([tmp_path / "in"], tmp_path / "out", jobs=1).totals["skipped"] == 7
+
+
+def test_a_rerun_finds_compressed_outputs_cut_short(tmp_path: Path) -> None:
+    # Compressed outputs are checked by parsing them whole (a cut file ends inside its
+    # fragments), not by decoding every one on each rerun.
+    synthetic_series(tmp_path / "in")
+    options: dict[str, Any] = {"jobs": 1, "transfer_syntax": "jpeg-ls", "preview": False}
+    assert medeq.convert([tmp_path / "in"], tmp_path / "out", **options).exit_code == 0
+    dicom = tmp_path / "out" / "CT_small_3.dcm"
+    dicom.write_bytes(dicom.read_bytes()[:-100])
+    again = medeq.convert([tmp_path / "in"], tmp_path / "out", **options)
+    [bad] = [r for r in again.files if r.status == "failed"]
+    assert bad.input.endswith("CT_small_3.dcm")
+    assert "an earlier output of this command is incomplete" in str(bad.error)
+    assert "Pixel Data is truncated" in str(bad.error)
+    assert again.totals["skipped"] == 6
