@@ -135,14 +135,16 @@ def _body(ds: Dataset, parent_encoding: Any, parts: list[bytes]) -> None:
         parts.append(_pydicom_element(tag, ds.get_item(tag), encoding))
 
 
-def _header(tag: int, vr: str, length: int, parts: list[bytes]) -> bool:
+def _header(tag: int, vr: str | None, length: int, parts: list[bytes]) -> bool:
     """Append an element's tag, VR and length; False if pydicom must write it."""
     if vr in EXPLICIT_VR_LENGTH_32:
         parts.append(_long(tag >> 16, tag & 0xFFFF, vr.encode(), length))
     elif vr in EXPLICIT_VR_LENGTH_16 and length <= 0xFFFF:
         parts.append(_short(tag >> 16, tag & 0xFFFF, vr.encode(), length))
     else:
-        return False  # pydicom writes a long value of a short VR as UN, with a warning
+        # No VR (implicit source), an ambiguous one, or a value too long for a short VR
+        # (pydicom writes that as UN, with a warning).
+        return False
     return True
 
 
@@ -213,14 +215,10 @@ def _as_read(ds: Dataset) -> bool:
 
 def _raw(tag: BaseTag, elem: RawDataElement, parts: list[bytes]) -> bool:
     """Append an undecoded element as it was read; False if pydicom must write it."""
-    vr, value = elem.VR, elem.value
+    value = elem.value
     if value is None or elem.length == _UNDEFINED or tag == _PIXEL_DATA:
         return False
-    if vr in EXPLICIT_VR_LENGTH_32:
-        parts.append(_long(tag >> 16, tag & 0xFFFF, vr.encode(), len(value)))
-    elif vr in EXPLICIT_VR_LENGTH_16 and len(value) <= 0xFFFF:
-        parts.append(_short(tag >> 16, tag & 0xFFFF, vr.encode(), len(value)))
-    else:
+    if not _header(tag, elem.VR, len(value), parts):
         return False
     parts.append(value)
     return True
