@@ -85,6 +85,22 @@ class Skipper:
                     break
                 inner.skip(nested[1], nested[2])
 
+    def find(self, tags: frozenset[int]) -> tuple[int, int, bytes | None, int] | None:
+        """Step over elements up to the first whose tag is in ``tags``.
+
+        Returns its offset in the file, tag, VR and value length, with the file left at
+        its value; None at the end of the file.
+        """
+        while True:
+            start = self.fp.tell()
+            element = self.header()
+            if element is None:
+                return None
+            tag, vr, length = element
+            if tag in tags:
+                return start, tag, vr, length
+            self.skip(vr, length)
+
 
 def skip_file_meta(fp: BinaryIO) -> None:
     """Leave ``fp`` at the start of the data set: past the preamble and group 0002."""

@@ -32,7 +32,7 @@ from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from . import _codestream
-from ._filewalk import PIXEL_DATA, Place, Skipper, last_place, resume
+from ._filewalk import PIXEL_DATA, PIXEL_TAGS, Place, Skipper, last_place, resume
 from .errors import CorruptPixelDataError, NotDicomError, UnsupportedImageError
 
 __all__ = ["DicomImage", "ImageInfo", "Source", "Window", "read", "read_info"]
@@ -648,28 +648,23 @@ def _native_pixel_data(image: DicomImage) -> bytes | None:
             walker = Skipper(fp, implicit=implicit, little=True)
             if not resume(walker, image._place):
                 return None
-            while True:
-                start = fp.tell()
-                element = walker.header()
-                if element is None or element[0] > PIXEL_DATA:
-                    return None
-                tag, vr, length = element
-                if tag != PIXEL_DATA:
-                    walker.skip(vr, length)
-                    continue
-                fp.seek(start + 4)
-                if implicit and fp.read(4) in (b"OB\0\0", b"OW\0\0"):
-                    return None  # explicit VR under an implicit label: pydicom copes
-                # Only data of exactly the size the header gives (or one pad byte more):
-                # anything else is for the full parse to decode or to refuse.
-                if vr not in (None, b"OB", b"OW") or length not in (
-                    expected,
-                    expected + expected % 2,
-                ):
-                    return None
-                fp.seek(start + (8 if vr is None else 12))
-                data = fp.read(length)
-                return data if len(data) == length else None
+            found = walker.find(PIXEL_TAGS)
+            if found is None or found[1] != PIXEL_DATA:
+                return None  # float pixel data, or none: the full parse says which
+            start, _, vr, length = found
+            fp.seek(start + 4)
+            if implicit and fp.read(4) in (b"OB\0\0", b"OW\0\0"):
+                return None  # explicit VR under an implicit label: pydicom copes
+            # Only data of exactly the size the header gives (or one pad byte more):
+            # anything else is for the full parse to decode or to refuse.
+            if vr not in (None, b"OB", b"OW") or length not in (
+                expected,
+                expected + expected % 2,
+            ):
+                return None
+            fp.seek(start + (8 if vr is None else 12))
+            data = fp.read(length)
+            return data if len(data) == length else None
     except (OSError, ValueError, struct.error):
         return None
 

@@ -262,13 +262,10 @@ def _after_pixels(fp: BinaryIO, source: DicomImage) -> Iterator[DataElement | Ra
         walker.fp = fp = BytesIO(zlib.decompress(fp.read(), -zlib.MAX_WBITS))
     elif not resume(walker, last_place(source.dataset, implicit)):
         skip_file_meta(fp)
-    while True:
-        element = walker.header()
-        if element is None:
-            return  # no pixel data: the header read saw every element
-        walker.skip(element[1], element[2])
-        if element[0] in PIXEL_TAGS:
-            break
+    found = walker.find(PIXEL_TAGS)
+    if found is None:
+        return  # no pixel data: the header read saw every element
+    walker.skip(found[2], found[3])
     charset = source.dataset.get("SpecificCharacterSet") or "ISO_IR 6"
     for raw in data_element_generator(fp, implicit, little, encoding=convert_encodings(charset)):
         truncated = (
