@@ -15,6 +15,7 @@ levels, no SIGMOID window. Anything else is equalized as a volume.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import core
+from . import _kernels, core
 from .enhance import Method, Quality, default_levels, describe, quality_of
 from .normalize import VoiPlan, WindowSpec, invert_values
 from .reader import DicomImage, _native_little
@@ -53,19 +54,27 @@ class SliceCounts:
     counts: NDArray[np.int64]
 
 
-def count_values(values: NDArray[Any]) -> SliceCounts | None:
+def count_values(
+    values: NDArray[Any], weights: NDArray[np.integer] | None = None
+) -> SliceCounts | None:
     """Count the values of one normalised slice; None when they are not countable.
 
-    Values that are not integers, or that span more than :data:`MAX_SPAN` levels, are
-    not counted: the series is then equalized as a volume.
+    With ``weights``, ``values[k]`` stands for ``weights[k]`` pixels. Values that are not
+    integers, or that span more than :data:`MAX_SPAN` levels, are not counted: the
+    series is then equalized as a volume.
     """
     if values.dtype.kind not in "iu" or values.size == 0:
         return None
     lo, hi = int(values.min()), int(values.max())
     if hi - lo >= MAX_SPAN:
         return None
-    counts = np.bincount((values.astype(np.int64) - lo).ravel(), minlength=hi - lo + 1)
-    return SliceCounts(lo, hi, counts.astype(np.int64, copy=False))
+    offsets = (values.astype(np.int64) - lo).ravel()
+    if weights is None:
+        counts = np.bincount(offsets, minlength=hi - lo + 1).astype(np.int64, copy=False)
+    else:
+        counts = np.zeros(hi - lo + 1, np.int64)
+        np.add.at(counts, offsets, weights.astype(np.int64))
+    return SliceCounts(lo, hi, counts)
 
 
 @dataclass(frozen=True)
@@ -103,17 +112,15 @@ def count_stored(image: DicomImage) -> StoredCounts | None:
     """
     if not stored_countable(image):
         return None
-    info = image.info
     stored = image.stored
     image.release()
-    # numpy, not the compiled kernels: a worker that scans should not load numba.
-    width = stored.dtype.itemsize * 8
-    counts = np.bincount(stored.view(f"u{width // 8}").ravel(), minlength=1 << width)
-    base = -(1 << (width - 1)) if info.signed else 0
-    if base:
-        counts = np.roll(counts, -base)  # negative values' bit patterns come last
+    # A worker that has not loaded numba's kernels counts with numpy's: loading them
+    # costs more than they save on one slice.
+    kernels = contextlib.nullcontext() if _kernels.loaded() else _kernels.numpy_kernels()
+    with kernels:
+        first, counts = _kernels.value_counts(stored, None)
     used = np.flatnonzero(counts)
-    return StoredCounts((used + base).astype(stored.dtype), counts[used].astype(np.uint32))
+    return StoredCounts((used + first).astype(stored.dtype), counts[used].astype(np.uint32))
 
 
 def counts_through(image: DicomImage, plan: VoiPlan, stored: StoredCounts) -> SliceCounts | None:
@@ -126,15 +133,7 @@ def counts_through(image: DicomImage, plan: VoiPlan, stored: StoredCounts) -> Sl
     """
     alone = DicomImage(image.dataset, image.info, image._source)
     alone._stored = stored.values.reshape(1, 1, -1)  # one frame: the rescale of frame 1
-    values = plan.values(alone).ravel()
-    if values.dtype.kind not in "iu" or values.size == 0:
-        return None
-    lo, hi = int(values.min()), int(values.max())
-    if hi - lo >= MAX_SPAN:
-        return None
-    counts = np.zeros(hi - lo + 1, np.int64)
-    np.add.at(counts, values.astype(np.int64) - lo, stored.counts.astype(np.int64))
-    return SliceCounts(lo, hi, counts)
+    return count_values(plan.values(alone).ravel(), stored.counts)
 
 
 @dataclass(frozen=True)
