@@ -168,6 +168,16 @@ class Job:
 # --------------------------------------------------------------------------- workers
 
 
+def _scanned(info: ImageInfo, place: Place | None) -> DicomImage:
+    """A file the scan read, for its pixels only: its info and where its header ends.
+
+    The header stays in the main process (it is costly to send): the pixels need only these.
+    """
+    image = DicomImage(pydicom.Dataset(), info, Path(str(info.path)))
+    image._place = place
+    return image
+
+
 def _decode_task(
     info: ImageInfo, place: Place | None, quiet: bool
 ) -> tuple[NDArray[Any] | None, str | None]:
@@ -178,9 +188,7 @@ def _decode_task(
     """
     try:
         with native_stderr_silenced(quiet):
-            image = DicomImage(pydicom.Dataset(), info, Path(str(info.path)))
-            image._place = place
-            return np.array(image.stored), None
+            return np.array(_scanned(info, place).stored), None
     except MedeqError as exc:
         return None, str(exc)
 
@@ -207,9 +215,7 @@ def _stored_count_task(
     """
     try:
         with native_stderr_silenced(quiet):
-            image = DicomImage(pydicom.Dataset(), info, Path(str(info.path)))
-            image._place = place
-            counts = count_stored(image)
+            counts = count_stored(_scanned(info, place))
     except MedeqError as exc:
         return None, str(exc)
     if counts is None:
@@ -268,8 +274,8 @@ def _write_task(
 ) -> tuple[list[str], str | None]:
     try:
         # The source's own flaws (an invalid UID it refers to) make pydicom warn as they
-        # are copied: a debug log line, not noise on a batch's standard error. Files are
-        # flushed to disk together at the end of the run (_flush).
+        # are copied: a debug log line, not noise on a batch's standard error. The run
+        # flushes the files to disk (convert's Flusher), not the writer.
         with logged_warnings(source.name), _atomic.deferred_sync():
             written = write_image(
                 derive_header(source, **header_options),
@@ -358,8 +364,9 @@ def _target(file: Path, root: Path, output: Path, taken: set[Path]) -> Path:
 def _already_done(target: Path, expected_uid: str, preview: bool) -> bool | str:
     """True if ``target`` is this command's own output; a message if it is something else.
 
-    Outputs are flushed to disk at the end of a run (:func:`medeq._atomic.deferred_sync`):
-    one left short by a power cut before that is found here, by decoding it.
+    Outputs are flushed to disk after they are renamed into place (see
+    :mod:`medeq._atomic`): one left short by a power cut before its flush is found here,
+    by reading it whole.
     """
     if not target.exists():
         return False
