@@ -335,10 +335,14 @@ class Scheduler:
         return [image for batch in done if batch is not None for image in batch]
 
     def _replace_pool(self) -> None:
-        """Retire a broken pool (ending whatever is left of its processes); start anew."""
+        """Retire a broken pool (ending whatever is left of its processes); start anew.
+
+        The new workers start here, as the first ones did (:func:`_launch`).
+        """
         _end_workers(self.pool)
         self.pool.shutdown(wait=True)
         self.pool = self._new_pool()
+        _launch(self.pool, self.workers)
 
     def _recover(self, crashed: list[Task]) -> None:
         """Rebuild the pool; rerun the tasks that were in flight one at a time.
