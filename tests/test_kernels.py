@@ -153,6 +153,36 @@ def test_value_counts_and_map_values(
         assert out.dtype == np.uint16
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("start", range(8))
+def test_8bit_values_at_every_alignment(
+    dtype: str, start: int, backend: str, path: str, rng: np.random.Generator
+) -> None:
+    """8-bit rows are read as aligned 64-bit words, the bytes around them one at a time.
+
+    Views that start at every byte of a word, lengths around a word's multiples, rows
+    long and short, and (on the parallel path) chunks that end mid-word.
+    """
+    base = int(np.iinfo(dtype).min)
+    flat = make_image(dtype, (3000,), rng)
+    table = rng.integers(0, 256, 256).astype(np.uint8)
+    views = [flat[start : start + n] for n in (15, 16, 17, 23, 24, 25, 64, 999, 2990)]
+    views += [
+        flat[start : start + 40 * 61].reshape(40, 61),
+        flat[start : start + 2 * 31 * 45].reshape(2, 31, 45),
+        flat[start : start + 60 * 48].reshape(60, 48)[:, ::2],  # rows that are strided
+    ]
+    for img in views:
+        first, counts = _kernels.value_counts(img, None)
+        expected = np.bincount(img.ravel().astype(np.int64) - base, minlength=256)
+        full = np.zeros(256, np.int64)
+        full[first - base : first - base + counts.size] = counts
+        np.testing.assert_array_equal(full, expected, err_msg=f"{img.shape}")
+        out = _kernels.map_values(table, img)
+        np.testing.assert_array_equal(out, table[img.astype(np.int64) - base])
+        assert out.dtype == np.uint8
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("masked", [False, True])
