@@ -61,7 +61,7 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.fixture(params=["serial", "parallel", "pieces"])
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """The serial path; chunks on the pool's threads; images counted in several pieces."""
+    """The serial path; chunks on the pool's threads; images done in several pieces."""
     pool = _parallel.WorkSharing(2)
     if request.param != "serial":
         monkeypatch.setattr(_kernels, "SERIAL_BELOW", 0)
@@ -69,6 +69,7 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
         monkeypatch.setattr(_parallel, "_pool", pool)
     if request.param == "pieces":
         monkeypatch.setattr(_kernels, "MAX_SPAN", 97)
+        monkeypatch.setattr(_kernels, "NUMPY_PIECE", 5)
     yield str(request.param)
     pool.close()
 

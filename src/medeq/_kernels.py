@@ -44,7 +44,7 @@ MAX_SPAN = 1 << 31
 
 #: The numpy bodies work on pieces of this many pixels, so that the index arrays numpy
 #: makes internally (8 bytes a pixel) stay small next to the image.
-NUMPY_PIECE = 1 << 16
+NUMPY_PIECE = 1 << 18
 
 _UNSET: Any = object()
 _jit_module: Any = _UNSET
@@ -342,7 +342,9 @@ def value_counts(
         nbins = 1 << (8 * image.dtype.itemsize)
         counts = np.zeros(nbins, np.int64)
         for start in range(0, data.size, NUMPY_PIECE):
-            counts += np.bincount(data[start : start + NUMPY_PIECE], minlength=nbins)
+            # Without minlength: the counts end at the piece's largest value.
+            found = np.bincount(data[start : start + NUMPY_PIECE])
+            counts[: found.size] += found
         if base:
             counts = np.roll(counts, -base)
         return base, counts.astype(np.int64, copy=False)
@@ -365,11 +367,12 @@ def map_values(table: NDArray[Any], image: NDArray[Any]) -> NDArray[Any]:
     if module is None:
         raw = image.view(np.dtype(f"u{image.dtype.itemsize}")).ravel()
         flat = np.empty(raw.size, table.dtype)
+        # Indexed by bit pattern: negative values' patterns follow the positive ones.
+        by_pattern = np.roll(table, base) if base else table
         for start in range(0, raw.size, NUMPY_PIECE):
-            piece = raw[start : start + NUMPY_PIECE]
-            if base:
-                piece = piece ^ piece.dtype.type(-base)
-            np.take(table, piece, out=flat[start : start + NUMPY_PIECE])
+            np.take(
+                by_pattern, raw[start : start + NUMPY_PIECE], out=flat[start : start + NUMPY_PIECE]
+            )
         return flat.reshape(image.shape)
     d, out = _map_layout(image, table.dtype)
     o = out.reshape(d.shape)
