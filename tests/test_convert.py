@@ -178,9 +178,11 @@ def test_default_jobs_use_fewer_workers_for_small_batches(
         {"window": (40.0, 400.0), "bins": 100},
     ],
 )
+@pytest.mark.parametrize("jobs", [1, 2])
 def test_slice_wise_conversion_equals_enhance_of_the_volume(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: dict[str, Any]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: dict[str, Any], jobs: int
 ) -> None:
+    """Workers read each file again; one process (jobs=1) uses the headers of its scan."""
     import importlib
 
     convert_module = importlib.import_module("medeq.convert")
@@ -194,7 +196,7 @@ def test_slice_wise_conversion_equals_enhance_of_the_volume(
     monkeypatch.setattr(convert_module, "_stream_job", counting)
     src = tmp_path / "in"
     synthetic_series(src)
-    report = medeq.convert([src], tmp_path / "out", jobs=2, preview=True, **options)
+    report = medeq.convert([src], tmp_path / "out", jobs=jobs, preview=True, **options)
     assert report.exit_code == 0, report.as_dict()
     assert sorted(streamed) == [3, 4]  # both series went slice-wise
     by_source = {Path(f.input).name: f for f in report.files}
@@ -218,6 +220,42 @@ def test_slice_wise_conversion_equals_enhance_of_the_volume(
             assert result.quality_before == derived.before.as_dict()
             assert result.quality_after == derived.after.as_dict()
             assert (tmp_path / "out" / name).with_suffix(".jpg").is_file()
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_slice_changed_between_the_passes_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: int
+) -> None:
+    """A slice whose values changed after they were counted fails; the series goes on."""
+    import importlib
+
+    import pydicom
+
+    convert_module = importlib.import_module("medeq.convert")
+    real = convert_module._stream_job
+    src = tmp_path / "in"
+    synthetic_series(src)
+    victim = src / "CT_small_2.dcm"
+
+    def change_then_write(job: Any, *args: Any) -> int:
+        if any(str(im.info.path) == str(victim) for im in job.images):
+            ds = pydicom.dcmread(victim)
+            pixels = ds.pixel_array.copy()
+            pixels[0, 0] = np.iinfo(pixels.dtype).max  # beyond every counted value
+            ds.PixelData = pixels.tobytes()
+            ds.save_as(victim)
+        return real(job, *args)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(convert_module, "_stream_job", change_then_write)
+    # No window: it would clip the new value into the counted span.
+    report = medeq.convert([src], tmp_path / "out", jobs=jobs, preview=False, window="none")
+    assert report.exit_code == 1
+    failed = [f for f in report.files if f.status == "failed"]
+    assert [Path(f.input).name for f in failed] == [victim.name]
+    assert "changed during the conversion" in str(failed[0].error)
+    assert str(victim) in str(failed[0].error)
+    assert report.totals["converted"] == 6
+    assert not (tmp_path / "out" / victim.name).exists()
 
 
 def test_series_that_cannot_go_slice_wise_is_equalized_as_a_volume(tmp_path: Path) -> None:

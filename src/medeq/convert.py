@@ -61,10 +61,11 @@ __all__ = ["FileResult", "Report", "convert"]
 #: numpy kernels in a process that has not loaded the compiled ones: loading those costs
 #: about a second, more than they would save (measured in docs/performance.md).
 JIT_WORTH_PIXELS = 1 << 26
-#: A series is equalized slice by slice in the workers (each counts its slice's values,
-#: this process adds the counts up and hands back one mapping) when it has at least two
-#: images and runs in parallel, or is this many pixels or more; otherwise it is decoded
-#: into one volume here. Slice-wise, no volume is ever held in memory.
+#: A series of at least two images is equalized slice by slice (each task counts its
+#: slice's values, this process adds the counts up and hands back one mapping) when it
+#: runs in worker processes, has native pixel data, or is this many pixels or more
+#: (see _by_slice); otherwise it is decoded into one volume here. Slice-wise, no volume
+#: is ever held in memory.
 STREAM_MIN_PIXELS = 1 << 26
 #: With the default ``jobs``, one worker process per this many input files (at most one
 #: per core): below about that, a worker's start-up costs more than it saves.
@@ -151,6 +152,9 @@ class _Settings:
     figure: bool
     overwrite: bool
     keep_private: bool
+    #: Every task runs in this process (``jobs=1``): a slice-wise write uses the header
+    #: the scan read, instead of reading the file again as a worker must.
+    in_process: bool = False
 
 
 @dataclass
@@ -193,12 +197,23 @@ def _decode_task(
         return None, str(exc)
 
 
-def _slice_values(path: str, sop_uid: str, plan: VoiPlan) -> tuple[DicomImage, NDArray[Any]]:
-    """Read one file again in a worker and normalise its values as the plan says."""
-    image = read_whole(path)
+def _slice_values(
+    source: str | DicomImage, sop_uid: str, plan: VoiPlan
+) -> tuple[DicomImage, NDArray[Any]]:
+    """Normalise one file's values as the plan says.
+
+    ``source`` is a path, which a worker reads again, or (in this process) the image the
+    scan read, whose native pixels are read in place once more and not kept.
+    """
+    if isinstance(source, DicomImage):
+        try:
+            return source, plan.values(source)
+        finally:
+            source.release()
+    image = read_whole(source)
     if image.info.sop_instance_uid != sop_uid:
         raise OutputError(
-            f"{path}: changed during the conversion ((0008,0018) SOP Instance UID is now "
+            f"{source}: changed during the conversion ((0008,0018) SOP Instance UID is now "
             f"{image.info.sop_instance_uid}, was {sop_uid})"
         )
     return image, plan.values(image)
@@ -241,7 +256,7 @@ def _count_task(
 
 
 def _counted_write_task(
-    path: str,
+    source: str | DicomImage,
     sop_uid: str,
     counted: CountedEqualization,
     target: str,
@@ -253,13 +268,13 @@ def _counted_write_task(
     """Decode, normalise and map one slice, then write it with its derived header."""
     try:
         with native_stderr_silenced(quiet):
-            image, values = _slice_values(path, sop_uid, counted.plan)
+            image, values = _slice_values(source, sop_uid, counted.plan)
     except MedeqError as exc:
         return [], str(exc)
     try:
         pixels = counted.map(image, values)
     except ParameterError as exc:  # other values than the first pass counted
-        return [], f"{path}: changed during the conversion ({exc})"
+        return [], f"{image.name}: changed during the conversion ({exc})"
     return _write_task(image, counted.header_options, pixels, target, ts, overwrite, window)
 
 
@@ -557,7 +572,6 @@ def convert(
     if not pairs:
         report.elapsed = time.perf_counter() - clock
         return report
-    settings = _Settings(enhance_options, ts, preview, figure, overwrite, keep_private)
 
     def first_pass(job: Job) -> list[Task]:
         plan = job.stream
@@ -589,6 +603,15 @@ def convert(
     if jobs is None:
         workers = min(workers, max(1, len(pairs) // FILES_PER_WORKER))
     scheduler = Scheduler(min(workers, len(pairs)), first_pass, second_pass, settle)
+    settings = _Settings(
+        enhance_options,
+        ts,
+        preview,
+        figure,
+        overwrite,
+        keep_private,
+        in_process=scheduler.workers == 1,
+    )
     warm: threading.Thread | None = None
     slice_wise = how is Method.GLOBAL and not per_slice and mask in (None, "none") and not figure
     try:
@@ -596,8 +619,7 @@ def convert(
         jobs_todo = _plan(pairs, headers, out, settings, dry_run, settle)
         if not dry_run and jobs_todo:
             for job in jobs_todo:
-                big = scheduler.workers > 1 or _pixels(job) >= STREAM_MIN_PIXELS
-                if slice_wise and len(job.images) >= 2 and big:
+                if slice_wise and len(job.images) >= 2 and _by_slice(job, settings):
                     job.stream = _stream_plan(job, window)
             kernels: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
             if how is Method.GLOBAL and not _kernels.loaded():
@@ -644,6 +666,21 @@ def _flush(
         result.status, result.error, result.outputs = "failed", error, []
         if progress is not None:
             progress(result)
+
+
+def _by_slice(job: Job, settings: _Settings) -> bool:
+    """Whether to equalize a series slice by slice rather than as one volume.
+
+    Workers always do (the volume would have to travel between processes); this process
+    does for a big series, and for any series whose slices it can count and map in place
+    (native pixel data): then each is read twice, cheaply, and no volume is built.
+    Compressed slices would be decoded twice: a small series of them goes as a volume.
+    """
+    return (
+        not settings.in_process
+        or _pixels(job) >= STREAM_MIN_PIXELS
+        or all(stored_countable(im) for im in job.images)
+    )
 
 
 def _pixels(job: Job) -> int:
@@ -841,9 +878,10 @@ def _stream_job(
     window = counted.window() if settings.preview else None
 
     def write(_: int, i: int) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-        info = job.images[i].info
+        image = job.images[i]
+        info = image.info
         args = (
-            str(info.path),
+            image if settings.in_process else str(info.path),
             info.sop_instance_uid,
             counted,
             str(job.targets[i]),
