@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import datetime
 import enum
+import functools
 import logging
 import math
 import os
@@ -36,12 +37,13 @@ import numpy as np
 import pydicom
 from numpy.typing import NDArray
 from pydicom.charset import convert_encodings
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import data_element_generator
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, generate_uid
-from pydicom.valuerep import format_number_as_ds
+from pydicom.valuerep import DS, IS, format_number_as_ds
 
 from . import _atomic
 from ._encode import encode_file
@@ -199,11 +201,43 @@ def _ds(value: float) -> str:
     return format_number_as_ds(float(value))
 
 
+@functools.cache
+def _entry(keyword: str) -> tuple[int, str]:
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    return tag, dictionary_VR(tag)
+
+
+def _put(ds: Dataset, keyword: str, value: Any) -> None:
+    """``setattr(ds, keyword, value)`` for one value medeq made itself, five times faster.
+
+    The element is built as pydicom would convert it (UI a UID, DS and IS their number
+    types) and stored without pydicom's per-set lookups and validation, which cost
+    about 10 us an element, a third of deriving a header. Only for public keywords and
+    single values of known-good form (the writer's own) and sequences.
+    """
+    tag, vr = _entry(keyword)
+    if vr == "UI":
+        value = UID(value)
+    elif vr == "DS" and isinstance(value, str):
+        value = DS(value)
+    elif vr == "IS" and isinstance(value, int | str):
+        value = IS(value)
+    # An element replaced keeps its length encoding, as pydicom's setattr keeps it.
+    replaced = ds._dict.get(tag)  # type: ignore[call-overload]
+    if isinstance(replaced, RawDataElement):
+        undefined = replaced.length == UNDEFINED
+    else:
+        undefined = bool(replaced is not None and replaced.is_undefined_length)
+    element = DataElement(tag, vr, value, is_undefined_length=undefined, already_converted=True)
+    ds._dict[element.tag] = element
+
+
 def _code(value: str, meaning: str, scheme: str = "DCM") -> Dataset:
     item = Dataset()
-    item.CodeValue = value
-    item.CodingSchemeDesignator = scheme
-    item.CodeMeaning = meaning
+    _put(item, "CodeValue", value)
+    _put(item, "CodingSchemeDesignator", scheme)
+    _put(item, "CodeMeaning", meaning)
     return item
 
 
@@ -323,9 +357,9 @@ def derive_header(
             if element.tag not in ds:
                 ds[element.tag] = element
         now = now or datetime.datetime.now().astimezone()
-        for keyword in _STALE:
-            if keyword in ds:
-                del ds[keyword]
+        for tag in _stale_tags():
+            if tag in ds._dict:
+                del ds[tag]
         # Pixel data and what describes its encoding (Extended Offset Table) are rewritten.
         for tag in [t for t in ds._dict if t >> 16 == 0x7FE0]:
             del ds[tag]
@@ -340,14 +374,14 @@ def derive_header(
             ds.remove_private_tags()
 
         bits_allocated, bits_stored = output_bits(levels)
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = bits_allocated
-        ds.BitsStored = bits_stored
-        ds.HighBit = bits_stored - 1
-        ds.PixelRepresentation = 0
+        _put(ds, "SamplesPerPixel", 1)
+        _put(ds, "PhotometricInterpretation", "MONOCHROME2")
+        _put(ds, "BitsAllocated", bits_allocated)
+        _put(ds, "BitsStored", bits_stored)
+        _put(ds, "HighBit", bits_stored - 1)
+        _put(ds, "PixelRepresentation", 0)
         if "PresentationLUTShape" in ds:
-            ds.PresentationLUTShape = "IDENTITY"
+            _put(ds, "PresentationLUTShape", "IDENTITY")
 
         lo, hi = value_span
         center, width = (lo + hi + 1) / 2, hi - lo + 1
@@ -368,12 +402,12 @@ def derive_header(
             _update_functional_groups(ds, center, width)
         else:
             if "RescaleSlope" in src or "RescaleIntercept" in src or source.info.modality == "CT":
-                ds.RescaleIntercept = "0"
-                ds.RescaleSlope = "1"
-                ds.RescaleType = "US"
-            ds.WindowCenter = _ds(center)
-            ds.WindowWidth = _ds(width)
-            ds.WindowCenterWidthExplanation = "EQUALIZED"
+                _put(ds, "RescaleIntercept", "0")
+                _put(ds, "RescaleSlope", "1")
+                _put(ds, "RescaleType", "US")
+            _put(ds, "WindowCenter", _ds(center))
+            _put(ds, "WindowWidth", _ds(width))
+            _put(ds, "WindowCenterWidthExplanation", "EQUALIZED")
 
         image_type = _values(src.get("ImageType"))
         ds.ImageType = ["DERIVED", _second_value(image_type, source, enhanced), *image_type[2:]]
@@ -389,19 +423,23 @@ def derive_header(
             # Earlier evidence listed the source's own sources, no longer referenced.
             ds.SourceImageEvidenceSequence = _source_evidence(source)
         else:
-            ds.DerivationDescription = text
-            ds.SourceImageSequence = DicomSequence([_source_reference(source, frames)])
+            _put(ds, "DerivationDescription", text)
+            _put(ds, "SourceImageSequence", DicomSequence([_source_reference(source, frames)]))
 
         equipment = Dataset()
-        equipment.PurposeOfReferenceCodeSequence = DicomSequence(
-            [_code("109103", "Modifying Equipment")]
+        _put(
+            equipment,
+            "PurposeOfReferenceCodeSequence",
+            DicomSequence([_code("109103", "Modifying Equipment")]),
         )
-        equipment.Manufacturer = MANUFACTURER
-        equipment.SoftwareVersions = _version()
-        equipment.ContributionDateTime = now.strftime("%Y%m%d%H%M%S.%f%z")
-        equipment.ContributionDescription = "Histogram equalization"
-        ds.ContributingEquipmentSequence = DicomSequence(
-            [*(src.get("ContributingEquipmentSequence") or []), equipment]
+        _put(equipment, "Manufacturer", MANUFACTURER)
+        _put(equipment, "SoftwareVersions", _version())
+        _put(equipment, "ContributionDateTime", now.strftime("%Y%m%d%H%M%S.%f%z"))
+        _put(equipment, "ContributionDescription", "Histogram equalization")
+        _put(
+            ds,
+            "ContributingEquipmentSequence",
+            DicomSequence([*(src.get("ContributingEquipmentSequence") or []), equipment]),
         )
 
         ts = source.info.transfer_syntax
@@ -409,20 +447,21 @@ def derive_header(
             ds.LossyImageCompression = "01"
             ds.LossyImageCompressionMethod = _LOSSY_METHOD[ts]
 
-        ds.SOPInstanceUID = derived_uid(source.info.sop_instance_uid, parameters, "instance")
-        ds.SeriesInstanceUID = series_uid
-        ds.SeriesNumber = series_number
+        instance_uid = derived_uid(source.info.sop_instance_uid, parameters, "instance")
+        _put(ds, "SOPInstanceUID", instance_uid)
+        _put(ds, "SeriesInstanceUID", series_uid)
+        _put(ds, "SeriesNumber", series_number)
         base = str(src.get("SeriesDescription") or "").strip()
-        ds.SeriesDescription = (f"{base} {series_suffix}" if base else series_suffix)[-64:]
-        ds.InstanceCreationDate = now.strftime("%Y%m%d")
-        ds.InstanceCreationTime = now.strftime("%H%M%S")
+        _put(ds, "SeriesDescription", (f"{base} {series_suffix}" if base else series_suffix)[-64:])
+        _put(ds, "InstanceCreationDate", now.strftime("%Y%m%d"))
+        _put(ds, "InstanceCreationTime", now.strftime("%H%M%S"))
 
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = UID(source.info.sop_class_uid)
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-        meta.ImplementationClassUID = IMPLEMENTATION_UID
-        meta.ImplementationVersionName = f"MEDEQ_{_version()}"[:16]
+        _put(meta, "MediaStorageSOPClassUID", source.info.sop_class_uid)
+        _put(meta, "MediaStorageSOPInstanceUID", instance_uid)
+        _put(meta, "TransferSyntaxUID", pydicom.uid.ExplicitVRLittleEndian)
+        _put(meta, "ImplementationClassUID", IMPLEMENTATION_UID)
+        _put(meta, "ImplementationVersionName", f"MEDEQ_{_version()}"[:16])
         ds.file_meta = meta
         return ds
 
@@ -441,6 +480,11 @@ def _copy_header(src: Dataset) -> Dataset:
     ds._dict = {tag: copies.get(tag, e) for tag, e in elements.items()}
     ds._private_blocks = {}
     return ds
+
+
+@functools.lru_cache(maxsize=1)
+def _stale_tags() -> tuple[int, ...]:
+    return tuple(_entry(keyword)[0] for keyword in _STALE)
 
 
 def _earlier_description(src: Dataset) -> str:
@@ -468,14 +512,16 @@ def _derivation_text(earlier: str, description: str) -> str:
 def _source_reference(source: DicomImage, frames: list[int]) -> Dataset:
     """A Source Image Sequence item: the source (and its frames), purpose 121322."""
     reference = Dataset()
-    reference.ReferencedSOPClassUID = source.info.sop_class_uid
-    reference.ReferencedSOPInstanceUID = source.info.sop_instance_uid
+    _put(reference, "ReferencedSOPClassUID", source.info.sop_class_uid)
+    _put(reference, "ReferencedSOPInstanceUID", source.info.sop_instance_uid)
     if source.info.frames > 1:
         reference.ReferencedFrameNumber = frames
-    reference.PurposeOfReferenceCodeSequence = DicomSequence(
-        [_code("121322", "Source image for image processing operation")]
+    _put(
+        reference,
+        "PurposeOfReferenceCodeSequence",
+        DicomSequence([_code("121322", "Source image for image processing operation")]),
     )
-    reference.SpatialLocationsPreserved = "YES"
+    _put(reference, "SpatialLocationsPreserved", "YES")
     return reference
 
 
