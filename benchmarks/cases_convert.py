@@ -44,8 +44,22 @@ def child_env() -> dict[str, str]:
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         env["PYTHONPYCACHEPREFIX"] = folder
-        warm = "import medeq.cli, medeq.convert, medeq.preview, PIL.Image, skimage.exposure"
+        # What the timed commands import: medeq and the scripts' modules, the worker
+        # pool's, numba's (500 slices load the compiled kernels); then one conversion.
+        warm = (
+            "import medeq.cli, medeq.convert, medeq.preview, medeq._jit, PIL.Image, "
+            "PIL.JpegImagePlugin, skimage.exposure, concurrent.futures.process, "
+            "multiprocessing.connection, multiprocessing.popen_fork"
+        )
         subprocess.run([sys.executable, "-c", warm], check=True, env=env)
+        from pydicom.data import get_testdata_file
+
+        subprocess.run(
+            _medeq(get_testdata_file("CT_small.dcm"), "-o", os.path.join(folder, "out")),
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
         _bytecode.update(env)
     return dict(_bytecode)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -222,11 +223,16 @@ def test_slice_wise_conversion_equals_enhance_of_the_volume(
             assert (tmp_path / "out" / name).with_suffix(".jpg").is_file()
 
 
-@pytest.mark.parametrize("jobs", [1, 2])
-def test_slice_changed_between_the_passes_fails_alone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: int
-) -> None:
-    """A slice whose values changed after they were counted fails; the series goes on."""
+def converted_with_a_change(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    jobs: int,
+    change: Callable[[Any], None],
+    **options: Any,
+) -> tuple[medeq.Report, Path]:
+    """Convert the synthetic series, applying ``change`` to one slice's dataset (saved
+    back to its file) after the counting pass; return the report and that file's path.
+    """
     import importlib
 
     import pydicom
@@ -240,22 +246,51 @@ def test_slice_changed_between_the_passes_fails_alone(
     def change_then_write(job: Any, *args: Any) -> int:
         if any(str(im.info.path) == str(victim) for im in job.images):
             ds = pydicom.dcmread(victim)
-            pixels = ds.pixel_array.copy()
-            pixels[0, 0] = np.iinfo(pixels.dtype).max  # beyond every counted value
-            ds.PixelData = pixels.tobytes()
+            change(ds)
             ds.save_as(victim)
         return real(job, *args)  # type: ignore[no-any-return]
 
     monkeypatch.setattr(convert_module, "_stream_job", change_then_write)
-    # No window: it would clip the new value into the counted span.
-    report = medeq.convert([src], tmp_path / "out", jobs=jobs, preview=False, window="none")
+    report = medeq.convert([src], tmp_path / "out", jobs=jobs, preview=False, **options)
     assert report.exit_code == 1
+    assert report.totals["converted"] == 6
     failed = [f for f in report.files if f.status == "failed"]
     assert [Path(f.input).name for f in failed] == [victim.name]
     assert "changed during the conversion" in str(failed[0].error)
-    assert str(victim) in str(failed[0].error)
-    assert report.totals["converted"] == 6
     assert not (tmp_path / "out" / victim.name).exists()
+    return report, victim
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_slice_changed_between_the_passes_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: int
+) -> None:
+    """A slice whose values changed after they were counted fails; the series goes on."""
+
+    def new_value(ds: Any) -> None:
+        pixels = ds.pixel_array.copy()
+        pixels[0, 0] = np.iinfo(pixels.dtype).max  # beyond every counted value
+        ds.PixelData = pixels.tobytes()
+
+    # No window: it would clip the new value into the counted span.
+    report, victim = converted_with_a_change(tmp_path, monkeypatch, jobs, new_value, window="none")
+    [failed] = [f for f in report.files if f.status == "failed"]
+    assert str(victim) in str(failed.error)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_slice_replaced_by_another_instance_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: int
+) -> None:
+    """Another instance (a longer header) at a slice's path after counting: refused."""
+
+    def another(ds: Any) -> None:
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.999"
+        ds.StudyDescription = "moved " * 40  # the pixel data now start elsewhere
+
+    report, _ = converted_with_a_change(tmp_path, monkeypatch, jobs, another)
+    [failed] = [f for f in report.files if f.status == "failed"]
+    assert "1.2.3.999" in str(failed.error)
 
 
 def test_series_that_cannot_go_slice_wise_is_equalized_as_a_volume(tmp_path: Path) -> None:

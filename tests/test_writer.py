@@ -186,6 +186,62 @@ def test_derivation_attributes(ct_path: str, tmp_path: Path) -> None:
     assert "DerivationCodeSequence" not in out
 
 
+def test_derived_header_values_have_pydicom_types(ct_path: str) -> None:
+    """What a library user reads from Derived headers: the types pydicom's setattr gives."""
+    from pydicom.valuerep import IS, DSfloat
+
+    header = medeq.enhance(medeq.read(ct_path)).dataset
+    assert type(header.WindowCenter) is DSfloat and type(header.WindowWidth) is DSfloat
+    assert type(header.RescaleSlope) is DSfloat
+    assert type(header.SeriesNumber) is IS
+    assert type(header.SOPInstanceUID) is pydicom.uid.UID
+    assert type(header.file_meta.MediaStorageSOPInstanceUID) is pydicom.uid.UID
+    assert header.file_meta.MediaStorageSOPInstanceUID == header.SOPInstanceUID
+    assert isinstance(header.SourceImageSequence, pydicom.Sequence)
+    assert header["ContributingEquipmentSequence"].VR == "SQ"
+    assert isinstance(header.InstanceCreationDate, str)
+
+
+def test_elements_with_odd_source_vrs_are_replaced_as_setattr_replaces_them(
+    tmp_path: Path,
+) -> None:
+    """A source element of another VR than the dictionary's keeps it (pydicom's setattr)."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.WindowCenter, ds.WindowWidth = 40, 400
+    ds["SeriesNumber"].VR = "DS"
+    ds["WindowCenter"].VR = "IS"
+    ds.save_as(tmp_path / "odd.dcm")
+    derived = medeq.enhance(medeq.read(tmp_path / "odd.dcm"))
+    header = derived.dataset
+    assert header["SeriesNumber"].VR == "DS"
+    assert header["WindowCenter"].VR == "IS"
+    assert header["WindowWidth"].VR == "DS"
+    [path] = medeq.write(derived, tmp_path / "out.dcm")
+    out = pydicom.dcmread(path)
+    assert out["WindowCenter"].VR == "IS"
+    assert float(out.WindowCenter) == derived.window()[0]
+
+
+def test_dates_follow_pydicom_datetime_conversion(
+    ct_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydicom.valuerep import DA, TM
+
+    monkeypatch.setattr(pydicom.config, "datetime_conversion", True)
+    header = medeq.enhance(medeq.read(ct_path)).dataset
+    assert isinstance(header.InstanceCreationDate, DA)
+    assert isinstance(header.InstanceCreationTime, TM)
+
+
+def test_multi_valued_series_description_is_joined(tmp_path: Path) -> None:
+    """An LO with a backslash (invalid, but found in the wild) is kept as text, not a list."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.SeriesDescription = "AXIAL\\BONE"
+    ds.save_as(tmp_path / "two.dcm")
+    header = medeq.enhance(medeq.read(tmp_path / "two.dcm")).dataset
+    assert header.SeriesDescription == "AXIAL\\BONE EQ"
+
+
 def test_pixel_module_rescale_and_window(ct_path: str, tmp_path: Path) -> None:
     image = medeq.read(ct_path)
     derived = medeq.enhance(image, levels=4096)

@@ -51,7 +51,15 @@ from .clahe import _as_redistribution
 from .enhance import Derived, Method, canonical_parameters, enhance
 from .errors import MedeqError, OutputError, ParameterError
 from .normalize import VoiPlan, WindowSpec, parse_window, voi_plan
-from .reader import DicomImage, ImageInfo, logged_warnings, looks_like_dicom, read, read_whole
+from .reader import (
+    DicomImage,
+    ImageInfo,
+    decode_in_place,
+    logged_warnings,
+    looks_like_dicom,
+    read,
+    read_whole,
+)
 from .series import Series, _make_series, find_dicom_files
 from .writer import TransferSyntax, derive_header, derived_uid, sidecar, write_image
 
@@ -203,13 +211,17 @@ def _slice_values(
     """Normalise one file's values as the plan says.
 
     ``source`` is a path, which a worker reads again, or (in this process) the image the
-    scan read, whose native pixels are read in place once more and not kept.
+    scan read, whose native pixels are read in place once more and not kept. When they
+    are not where the scan found them, the file has changed: it is read again whole, and
+    refused if it is another instance now.
     """
     if isinstance(source, DicomImage):
-        try:
-            return source, plan.values(source)
-        finally:
-            source.release()
+        if decode_in_place(source):
+            try:
+                return source, plan.values(source)
+            finally:
+                source.release()
+        source = str(source.info.path)
     image = read_whole(source)
     if image.info.sop_instance_uid != sop_uid:
         raise OutputError(

@@ -669,9 +669,39 @@ def _native_pixel_data(image: DicomImage) -> bytes | None:
         return None
 
 
+def _native_values(data: bytes, info: ImageInfo, name: str) -> NDArray[Any] | None:
+    """Stored values of native pixel data (they need no decoder: they are the bytes).
+
+    None when the data are too short for the image, which only a decoder can report.
+    """
+    _check_native_length(len(data), info, name)
+    shape = (info.frames, info.rows, info.columns)
+    pixels = int(np.prod(shape))
+    if len(data) * 8 < pixels * info.bits_allocated:
+        return None
+    arr = np.frombuffer(data, np.dtype(f"<u{info.bits_allocated // 8}"), pixels)
+    return _stored_values(arr.reshape(shape), info)
+
+
+def decode_in_place(image: DicomImage) -> bool:
+    """Decode an image's native pixel data from where its header read found them to end.
+
+    Returns False, and decodes nothing, when the data are not there as the header
+    describes them (the file changed since, or is not native): the caller then reads
+    the file again whole, which reports what it finds. The pixels are kept on the
+    image until :meth:`DicomImage.release`.
+    """
+    data = _native_pixel_data(image)
+    values = None if data is None else _native_values(data, image.info, image.name)
+    if values is None:
+        return False
+    values.flags.writeable = False
+    image._stored = values
+    return True
+
+
 def _decode(image: DicomImage) -> NDArray[Any]:
     info, name = image.info, image.name
-    shape = (info.frames, info.rows, info.columns)
     data = _native_pixel_data(image)
     ds = None if data is not None else _full_dataset(image)
     if ds is not None and "PixelData" in ds and _native_little(info):
@@ -679,12 +709,9 @@ def _decode(image: DicomImage) -> NDArray[Any]:
         if not element.is_undefined_length and isinstance(element.value, bytes):
             data = element.value
     if data is not None:
-        # Native values need no decoder: they are the bytes themselves.
-        _check_native_length(len(data), info, name)
-        pixels = int(np.prod(shape))
-        if len(data) * 8 >= pixels * info.bits_allocated:
-            arr = np.frombuffer(data, np.dtype(f"<u{info.bits_allocated // 8}"), pixels)
-            return _stored_values(arr.reshape(shape), info)
+        values = _native_values(data, info, name)
+        if values is not None:
+            return values
     if ds is None:  # native data too short: the decoder's message says so
         ds = _full_dataset(image)
     if "PixelData" not in ds:

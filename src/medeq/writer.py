@@ -211,24 +211,32 @@ def _entry(keyword: str) -> tuple[int, str]:
 def _put(ds: Dataset, keyword: str, value: Any) -> None:
     """``setattr(ds, keyword, value)`` for one value medeq made itself, five times faster.
 
-    The element is built as pydicom would convert it (UI a UID, DS and IS their number
+    The element is built as pydicom converts it (UI a UID, DS and IS their number
     types) and stored without pydicom's per-set lookups and validation, which cost
-    about 10 us an element, a third of deriving a header. Only for public keywords and
-    single values of known-good form (the writer's own) and sequences.
+    about 10 us an element, a third of deriving a header. A replaced element keeps its
+    length encoding, as with setattr. Where setattr would keep more of the element it
+    replaces (a VR other than the dictionary's, as odd sources have) or convert the
+    value further (dates and times with ``pydicom.config.datetime_conversion``), it is
+    used instead. Only for public keywords, and single values or sequences.
     """
     tag, vr = _entry(keyword)
-    if vr == "UI":
-        value = UID(value)
-    elif vr == "DS" and isinstance(value, str):
-        value = DS(value)
-    elif vr == "IS" and isinstance(value, int | str):
-        value = IS(value)
-    # An element replaced keeps its length encoding, as pydicom's setattr keeps it.
     replaced = ds._dict.get(tag)  # type: ignore[call-overload]
+    if replaced is not None and replaced.VR not in (vr, None, "UN"):
+        setattr(ds, keyword, value)
+        return
+    if vr in ("DA", "TM", "DT") and pydicom.config.datetime_conversion:
+        setattr(ds, keyword, value)
+        return
     if isinstance(replaced, RawDataElement):
         undefined = replaced.length == UNDEFINED
     else:
         undefined = bool(replaced is not None and replaced.is_undefined_length)
+    if vr == "UI":
+        value = UID(value)
+    elif vr == "DS" and isinstance(value, str):
+        value = DS(value)
+    elif vr == "IS" and isinstance(value, int | np.integer | str):
+        value = IS(value if isinstance(value, str) else int(value))
     element = DataElement(tag, vr, value, is_undefined_length=undefined, already_converted=True)
     ds._dict[element.tag] = element
 
@@ -451,7 +459,7 @@ def derive_header(
         _put(ds, "SOPInstanceUID", instance_uid)
         _put(ds, "SeriesInstanceUID", series_uid)
         _put(ds, "SeriesNumber", series_number)
-        base = str(src.get("SeriesDescription") or "").strip()
+        base = "\\".join(_values(src.get("SeriesDescription"))).strip()
         _put(ds, "SeriesDescription", (f"{base} {series_suffix}" if base else series_suffix)[-64:])
         _put(ds, "InstanceCreationDate", now.strftime("%Y%m%d"))
         _put(ds, "InstanceCreationTime", now.strftime("%H%M%S"))
