@@ -15,7 +15,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 import medeq
-from medeq._encode import encode_file
+from medeq._encode import copy_file_meta, encode_file
 from medeq.writer import TransferSyntax, with_pixels
 
 from .conftest import shared_file
@@ -126,3 +126,19 @@ def test_a_derived_header_is_encoded_without_pydicom_writer(
         expected = pydicom_bytes(pickle.loads(pickle.dumps(ds)))
     assert encode_file(ds) == expected
     assert calls == []
+
+
+def test_file_meta_copies_are_independent() -> None:
+    """with_pixels and encode_file change their copy of the file meta, never the header's."""
+    header = medeq.enhance(medeq.read(get_testdata_file("CT_small.dcm"))).dataset
+    before = {tag: (e.VR, e.value) for tag, e in header.file_meta.items()}
+    copy = copy_file_meta(header.file_meta)
+    copy.TransferSyntaxUID = pydicom.uid.RLELossless
+    copy.MediaStorageSOPInstanceUID = "1.2.3"
+    copy.ImplementationVersionName = "OTHER"
+    pixels = np.zeros((1, int(header.Rows), int(header.Columns)), np.uint16)
+    written = with_pixels(header, pixels, TransferSyntax.RLE)
+    assert written.file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
+    encode_file(written)
+    assert {tag: (e.VR, e.value) for tag, e in header.file_meta.items()} == before
+    assert header.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian

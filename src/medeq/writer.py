@@ -46,7 +46,7 @@ from pydicom.uid import UID, generate_uid
 from pydicom.valuerep import DS, IS, format_number_as_ds
 
 from . import _atomic
-from ._encode import encode_file
+from ._encode import copy_file_meta, encode_file
 from ._filewalk import PIXEL_TAGS, UNDEFINED, Skipper, last_place, resume, skip_file_meta
 from .errors import OutputError, ParameterError
 from .reader import DicomImage, logged_warnings
@@ -693,7 +693,7 @@ def _fill_window(item: Dataset, center: float, width: float) -> None:
 def with_pixels(header: Dataset, pixels: NDArray[Any], transfer_syntax: TransferSyntax) -> Dataset:
     """A shallow copy of ``header`` carrying ``pixels``, encoded in ``transfer_syntax``."""
     ds = copy.copy(header)
-    ds.file_meta = copy.deepcopy(header.file_meta)
+    ds.file_meta = copy_file_meta(header.file_meta)
     frames = pixels.shape[0]
     dtype = np.uint8 if int(header.BitsAllocated) == 8 else np.dtype("<u2")
     data = np.ascontiguousarray(pixels, dtype=dtype)
