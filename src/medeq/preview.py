@@ -8,6 +8,7 @@ written DICOM. A preview of a source image goes through the source's own VOI (se
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -31,7 +32,7 @@ def window_to_8bit(values: NDArray[Any], center: float, width: float) -> NDArray
     """The LINEAR VOI function (PS3.3 C.11.2.1.2.1) into 0..255, rounded."""
     if values.dtype in (np.uint8, np.uint16) and values.size > 1 << 16:
         # One evaluation per possible value, then a table lookup per pixel.
-        table = window_to_8bit(np.arange(int(values.max()) + 1), center, width)
+        table = _window_table(float(center), float(width), 8 * values.dtype.itemsize)
         mapped: NDArray[np.uint8] = np.take(table, values)  # twice as fast as table[values]
         return mapped
     x = values.astype(np.float64)
@@ -39,6 +40,18 @@ def window_to_8bit(values: NDArray[Any], center: float, width: float) -> NDArray
         return np.where(x <= center - 0.5, 0, 255).astype(np.uint8)
     y = ((x - (center - 0.5)) / (width - 1) + 0.5) * 255.0
     return np.rint(np.clip(y, 0.0, 255.0)).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=16)
+def _window_table(center: float, width: float, bits: int) -> NDArray[np.uint8]:
+    """:func:`window_to_8bit` of every unsigned ``bits``-bit value, kept for the next call.
+
+    The slices of a series share their window: the 65536 evaluations (0.6 ms) are made
+    once, not once a slice.
+    """
+    table = window_to_8bit(np.arange(1 << bits), center, width)
+    table.flags.writeable = False
+    return table
 
 
 def _scaled_8bit(norm: Normalized) -> NDArray[np.uint8]:
