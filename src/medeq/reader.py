@@ -437,8 +437,14 @@ def _first_item(ds: Dataset, *keywords: str) -> Dataset | None:
     return node
 
 
+#: (5200,9229) Shared and (5200,9230) Per-Frame Functional Groups Sequence.
+_SHARED_GROUPS, _PER_FRAME_GROUPS = 0x52009229, 0x52009230
+
+
 def frame_groups(ds: Dataset, frame: int) -> list[Dataset]:
     """The functional group items that apply to ``frame`` (per-frame first, then shared)."""
+    if _SHARED_GROUPS not in ds._dict and _PER_FRAME_GROUPS not in ds._dict:
+        return []  # most images: no lookups by keyword (each costs microseconds)
     groups: list[Dataset] = []
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame and frame < len(per_frame):
