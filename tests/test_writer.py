@@ -459,6 +459,22 @@ def test_source_file_and_dataset_are_never_modified(tmp_path: Path) -> None:
         medeq.write(medeq.enhance(image), src)
 
 
+def test_changing_a_derived_header_leaves_the_source_alone(ct_path: str) -> None:
+    """Derived headers share the source's values only where those cannot change."""
+    image = medeq.read(ct_path)
+    before = image.dataset.to_json()
+    header = medeq.enhance(image).dataset
+    # Elements the reader decoded (numbers, UIDs, strings, multiple values), and others.
+    header.Rows = 7
+    header.Modality = "OT"
+    header.StudyInstanceUID = "1.2.3"
+    header.ImagePositionPatient[0] = 999.0
+    header.ImageOrientationPatient = [0, 1, 0, 1, 0, 0]
+    header.PatientName = "Changed^Name"
+    header.SliceThickness = 9
+    assert image.dataset.to_json() == before
+
+
 def test_overwrite_false_refuses_existing(ct_path: str, tmp_path: Path) -> None:
     derived = medeq.enhance(medeq.read(ct_path))
     target = tmp_path / "o.dcm"
