@@ -293,6 +293,23 @@ def test_slice_replaced_by_another_instance_fails_alone(
     assert "1.2.3.999" in str(failed.error)
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_slice_replaced_with_the_same_layout_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: int
+) -> None:
+    """Another instance whose header has the same length (pixels at the same place)."""
+
+    def same_length(ds: Any) -> None:
+        uid = str(ds.SOPInstanceUID)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid[:-1] + (
+            "7" if uid[-1] != "7" else "8"
+        )
+
+    report, _ = converted_with_a_change(tmp_path, monkeypatch, jobs, same_length)
+    [failed] = [f for f in report.files if f.status == "failed"]
+    assert "SOP Instance UID is now" in str(failed.error)
+
+
 def test_series_that_cannot_go_slice_wise_is_equalized_as_a_volume(tmp_path: Path) -> None:
     """Float modality values (a fractional slope) fall back to the volume path: same result."""
     import pydicom

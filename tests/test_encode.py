@@ -142,3 +142,25 @@ def test_file_meta_copies_are_independent() -> None:
     encode_file(written)
     assert {tag: (e.VR, e.value) for tag, e in header.file_meta.items()} == before
     assert header.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+
+
+@pytest.mark.parametrize(
+    ("keyword", "raw"),
+    [
+        ("ImplementationVersionName", b"ABC\0"),
+        ("ImplementationVersionName", b"AB    "),
+        ("SourceApplicationEntityTitle", b" AE1  "),
+        ("SendingApplicationEntityTitle", b"SEND  "),
+    ],
+)
+def test_file_meta_read_from_a_file_is_written_as_read(
+    tmp_path: Path, keyword: str, raw: bytes
+) -> None:
+    """Odd padding in a file's meta (a NUL, extra spaces) is kept, as pydicom keeps it."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.file_meta.add_new(keyword, pydicom.datadict.dictionary_VR(keyword), raw.decode())
+    path = tmp_path / "meta.dcm"
+    ds.save_as(path)
+    data = path.read_bytes()
+    assert raw in data  # pydicom wrote the value as given
+    same_as_pydicom(pydicom.dcmread(path))

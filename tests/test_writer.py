@@ -202,24 +202,36 @@ def test_derived_header_values_have_pydicom_types(ct_path: str) -> None:
     assert isinstance(header.InstanceCreationDate, str)
 
 
-def test_elements_with_odd_source_vrs_are_replaced_as_setattr_replaces_them(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("keyword", "odd_vr", "value"),
+    [
+        ("WindowCenter", "US", 40),
+        ("WindowCenter", "IS", 40),
+        ("WindowCenter", "FD", 40.0),
+        ("RescaleSlope", "FD", 1.0),
+        ("RescaleIntercept", "SS", -1024),
+        ("SeriesNumber", "LO", "7"),
+    ],
+)
+def test_values_medeq_computes_get_the_dictionary_vr(
+    tmp_path: Path, keyword: str, odd_vr: str, value: object
 ) -> None:
-    """A source element of another VR than the dictionary's keeps it (pydicom's setattr)."""
+    """A source storing an element medeq rewrites under another VR (as odd files do) gets
+    the standard VR in the output: the window of 255 levels, 127.5, fits neither US nor IS."""
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     ds.WindowCenter, ds.WindowWidth = 40, 400
-    ds["SeriesNumber"].VR = "DS"
-    ds["WindowCenter"].VR = "IS"
+    ds.add_new(keyword, odd_vr, value)
     ds.save_as(tmp_path / "odd.dcm")
-    derived = medeq.enhance(medeq.read(tmp_path / "odd.dcm"))
-    header = derived.dataset
-    assert header["SeriesNumber"].VR == "DS"
-    assert header["WindowCenter"].VR == "IS"
-    assert header["WindowWidth"].VR == "DS"
+    source = medeq.read(tmp_path / "odd.dcm")
+    stored_as = source.dataset[keyword].VR
+    assert stored_as == odd_vr
+    derived = medeq.enhance(source, levels=255)
     [path] = medeq.write(derived, tmp_path / "out.dcm")
     out = pydicom.dcmread(path)
-    assert out["WindowCenter"].VR == "IS"
-    assert float(out.WindowCenter) == derived.window()[0]
+    written_as = out[keyword].VR
+    assert written_as == pydicom.datadict.dictionary_VR(keyword)
+    assert float(out.WindowCenter) == derived.window()[0] == 127.5
+    assert int(out.SeriesNumber) == int(derived.dataset.SeriesNumber)
 
 
 def test_dates_follow_pydicom_datetime_conversion(

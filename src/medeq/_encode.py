@@ -67,6 +67,9 @@ def copy_file_meta(meta: FileMetaDataset) -> FileMetaDataset:
     are deep-copied.
     """
     new = FileMetaDataset()
+    # Elements read from a file are written back as read only in their own encoding.
+    implicit, little = meta.original_encoding
+    new.set_original_encoding(implicit, little, meta.original_character_set)
     for tag, elem in meta._dict.items():
         if isinstance(elem, DataElement):
             value = elem.value

@@ -221,7 +221,9 @@ def _slice_values(
                 return source, plan.values(source)
             finally:
                 source.release()
-        source = str(source.info.path)
+        if not source.info.path:
+            raise OutputError(f"{source.name}: not a file, cannot be read again to write it")
+        source = source.info.path
     image = read_whole(source)
     if image.info.sop_instance_uid != sop_uid:
         raise OutputError(

@@ -153,6 +153,8 @@ class DicomImage:
         self._stored: NDArray[Any] | None = None
         #: Where the header of a file source ends (see medeq._filewalk), if known.
         self._place: Place | None = None
+        #: The file's size, modification time (ns) and inode before its header was read.
+        self._version: tuple[int, int, int] | None = None
 
     def __repr__(self) -> str:
         i = self.info
@@ -237,7 +239,7 @@ def read_info(source: Source) -> ImageInfo:
     NotDicomError
         Missing, empty, not DICOM, or a header that ends early (as :func:`read`).
     """
-    header, _, path, inferred = _read_header(source)
+    header, _, path, inferred, _ = _read_header(source)
     info = _info(header, path, inferred)
     _check_complete(header, info)
     return info
@@ -254,7 +256,11 @@ def read_whole(path: str | os.PathLike[str]) -> DicomImage:
 
 
 def _image(
-    header: Dataset, src: bytes | Path | Dataset, path: str | None, inferred: bool
+    header: Dataset,
+    src: bytes | Path | Dataset,
+    path: str | None,
+    inferred: bool,
+    version: tuple[int, int, int] | None,
 ) -> DicomImage:
     """The image of a header read by :func:`_read_header`, once its checks pass."""
     # Before the checks convert the last elements and forget their place in the file.
@@ -264,20 +270,22 @@ def _image(
     _check_grey(header, info)
     image = DicomImage(header, info, src)
     image._place = place
+    image._version = version
     return image
 
 
 def _read_header(
     source: Source, *, whole: bool = False
-) -> tuple[Dataset, bytes | Path | Dataset, str | None, bool]:
-    """The header, what to decode pixels from later, the file name (if any), 'ts inferred'.
+) -> tuple[Dataset, bytes | Path | Dataset, str | None, bool, tuple[int, int, int] | None]:
+    """The header, what to decode pixels from later, the file name (if any), 'ts inferred',
+    and a file's version (:func:`_file_version`, taken before it is read).
 
     ``whole``: parse a file's pixel data too; the dataset is then also the pixel source.
     """
     if isinstance(source, Dataset):
         path = str(source.filename) if isinstance(source.get("filename"), str) else None
         ts = _file_meta(source).get("TransferSyntaxUID")
-        return source, source, path, ts is None
+        return source, source, path, ts is None, None
     if isinstance(source, (str, os.PathLike)):
         p = Path(source)
         name = str(p)
@@ -285,10 +293,11 @@ def _read_header(
             raise NotDicomError(f"{name}: no such file")
         if p.is_dir():
             raise NotDicomError(f"{name}: is a folder, not a DICOM file (use read_series)")
-        if p.stat().st_size == 0:
+        version = _file_version(p)
+        if version[0] == 0:
             raise NotDicomError(f"{name}: empty file (0 bytes)")
         header, inferred = _parse(p, name, stop_before_pixels=not whole)
-        return header, (header if whole else p), name, inferred
+        return header, (header if whole else p), name, inferred, version
     if hasattr(source, "read"):
         data = source.read()
         path = _file_object_path(source)
@@ -298,11 +307,17 @@ def _read_header(
         if not data:
             raise NotDicomError(f"{name}: empty file (0 bytes)")
         header, inferred = _parse(io.BytesIO(data), name, stop_before_pixels=True)
-        return header, data, path, inferred
+        return header, data, path, inferred, None
     raise NotDicomError(
         f"cannot read {type(source).__name__!r}: give a path, a binary file object "
         "or a pydicom Dataset"
     )
+
+
+def _file_version(path: Path) -> tuple[int, int, int]:
+    """Size, modification time (ns) and inode: a file rewritten or replaced changes them."""
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def _file_object_path(source: Any) -> str | None:
@@ -692,11 +707,19 @@ def _native_values(data: bytes, info: ImageInfo, name: str) -> NDArray[Any] | No
 def decode_in_place(image: DicomImage) -> bool:
     """Decode an image's native pixel data from where its header read found them to end.
 
-    Returns False, and decodes nothing, when the data are not there as the header
-    describes them (the file changed since, or is not native): the caller then reads
-    the file again whole, which reports what it finds. The pixels are kept on the
-    image until :meth:`DicomImage.release`.
+    Returns False, and decodes nothing, when the file is not the one whose header was
+    read (its size, modification time or inode changed) or the data are not there as
+    the header describes them (not native): the caller then reads the file again whole,
+    which reports what it finds. The pixels are kept on the image until
+    :meth:`DicomImage.release`.
     """
+    src = image._source
+    try:
+        same = isinstance(src, Path) and _file_version(src) == image._version
+    except OSError:
+        same = False
+    if not same:
+        return False
     data = _native_pixel_data(image)
     values = None if data is None else _native_values(data, image.info, image.name)
     if values is None:

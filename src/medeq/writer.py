@@ -213,17 +213,15 @@ def _put(ds: Dataset, keyword: str, value: Any) -> None:
 
     The element is built as pydicom converts it (UI a UID, DS and IS their number
     types) and stored without pydicom's per-set lookups and validation, which cost
-    about 10 us an element, a third of deriving a header. A replaced element keeps its
-    length encoding, as with setattr. Where setattr would keep more of the element it
-    replaces (a VR other than the dictionary's, as odd sources have) or convert the
-    value further (dates and times with ``pydicom.config.datetime_conversion``), it is
-    used instead. Only for public keywords, and single values or sequences.
+    about 10 us an element, a third of deriving a header. It always has the dictionary's
+    VR: setattr would keep the VR of the element it replaces, and a source that stores,
+    say, Window Center as US or IS cannot hold the window medeq computes (127.5). A
+    replaced element keeps its length encoding, as with setattr. Dates and times go
+    through setattr when ``pydicom.config.datetime_conversion`` asks pydicom to convert
+    them. Only for public keywords, and single values or sequences.
     """
     tag, vr = _entry(keyword)
     replaced = ds._dict.get(tag)  # type: ignore[call-overload]
-    if replaced is not None and replaced.VR not in (vr, None, "UN"):
-        setattr(ds, keyword, value)
-        return
     if vr in ("DA", "TM", "DT") and pydicom.config.datetime_conversion:
         setattr(ds, keyword, value)
         return
