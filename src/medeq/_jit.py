@@ -239,17 +239,11 @@ def _count_raw_row(row: Any, mrow: Any, h: Any, base: int) -> None:
     if row.itemsize == 1 and mrow is None:
         head, stop = _byte_words(row)
         if stop > head:
-            _count_bytes(row[:head], h, base)
+            _count_values(row[:head], None, h, base)
             _count_byte_words(row[head:stop].view(np.uint64), h, -base)
-            _count_bytes(row[stop:], h, base)
+            _count_values(row[stop:], None, h, base)
             return
     _count_values(row, mrow, h, base)
-
-
-@_jit()
-def _count_bytes(row: Any, h: Any, base: int) -> None:
-    for i in range(row.size):
-        h[0, np.uint64(np.int64(row[i]) - base)] += 1
 
 
 @_jit()
