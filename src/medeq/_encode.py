@@ -14,7 +14,9 @@ whole. The tests compare both writers' bytes on every test file.
 from __future__ import annotations
 
 import copy
+import pickle
 import struct
+from collections.abc import Mapping
 from io import BytesIO
 from typing import Any
 
@@ -32,7 +34,7 @@ from pydicom.tag import _LUT_DESCRIPTOR_TAGS, BaseTag, tag_in_exception
 from pydicom.uid import UID
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, EXPLICIT_VR_LENGTH_32, STANDARD_VR
 
-__all__ = ["copy_file_meta", "encode_file"]
+__all__ = ["copy_elements", "copy_file_meta", "encode_file"]
 
 _EXPLICIT_LITTLE = (False, True)
 _UNDEFINED = 0xFFFFFFFF
@@ -58,24 +60,43 @@ _NUMBER_STRINGS = ("IS", "DS")
 _STRINGS = ("AE", "AS", "CS", "DA", "DT", "TM", "UI", "UR", "SH", "LO", "ST", "LT", "UC", "UT")
 
 
+#: Values a copied element may share with its original (str covers UID, int IS, float DS).
+_IMMUTABLE = (str, int, float, bytes, type(None))
+
+
+def copy_elements(elements: Mapping[Any, Any]) -> dict[Any, Any]:
+    """A copy of a dataset's elements (its ``_dict``) that changes leave alone.
+
+    Elements pydicom has not decoded are immutable tuples of their bytes, and shared. A
+    decoded one whose value is immutable (a number, a string, a UID) gets a new element
+    holding the same value; the others (multiple values, sequences, person names) are
+    deep-copied by a pickle round trip, a quarter of copy.deepcopy's cost.
+    """
+    out: dict[Any, Any] = {}
+    deep: dict[Any, DataElement] = {}
+    for tag, element in elements.items():
+        if isinstance(element, RawDataElement):
+            out[tag] = element
+        elif element.VR != "SQ" and isinstance(element.value, _IMMUTABLE):
+            out[tag] = copy.copy(element)
+        else:
+            out[tag] = deep[tag] = element
+    if deep:
+        out.update(pickle.loads(pickle.dumps(deep, protocol=pickle.HIGHEST_PROTOCOL)))
+    return out
+
+
 def copy_file_meta(meta: FileMetaDataset) -> FileMetaDataset:
     """A copy of File Meta Information that changes to it leave the original alone.
 
-    Its elements are copied one level deep: their values (UIDs, bytes, short strings)
-    are immutable, and a deep copy of the dataset cost 0.15 ms where this costs 0.01.
-    Mutable values (multi-valued or sequence elements, which group 2 does not define)
-    are deep-copied.
+    Its elements are copied by :func:`copy_elements` (0.01 ms, where a deep copy of the
+    dataset cost 0.15 ms), and it keeps the original's encoding.
     """
     new = FileMetaDataset()
     # Elements read from a file are written back as read only in their own encoding.
     implicit, little = meta.original_encoding
     new.set_original_encoding(implicit, little, meta.original_character_set)
-    for tag, elem in meta._dict.items():
-        if isinstance(elem, DataElement):
-            value = elem.value
-            mutable = isinstance(value, list | MultiValue) or elem.VR == "SQ"
-            elem = copy.deepcopy(elem) if mutable else copy.copy(elem)
-        new._dict[tag] = elem
+    new._dict.update(copy_elements(meta._dict))
     return new
 
 
