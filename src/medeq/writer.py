@@ -220,10 +220,10 @@ def _put(ds: Dataset, keyword: str, value: Any) -> None:
     them. Only for public keywords, and single values or sequences.
     """
     tag, vr = _entry(keyword)
-    replaced = ds._dict.get(tag)  # type: ignore[call-overload]
     if vr in ("DA", "TM", "DT") and pydicom.config.datetime_conversion:
         setattr(ds, keyword, value)
         return
+    replaced = ds._dict.get(tag)  # type: ignore[call-overload]
     if isinstance(replaced, RawDataElement):
         undefined = replaced.length == UNDEFINED
     else:
