@@ -33,6 +33,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from . import _codestream
 from ._filewalk import PIXEL_DATA, PIXEL_TAGS, Place, Skipper, last_place, resume
+from ._header import header_value, read_header
 from .errors import CorruptPixelDataError, NotDicomError, UnsupportedImageError
 
 __all__ = ["DicomImage", "ImageInfo", "Source", "Window", "read", "read_info"]
@@ -348,7 +349,13 @@ def _parse(opener: Any, name: str, *, stop_before_pixels: bool) -> tuple[Dataset
     with logged_warnings(name) as caught:
         try:
             try:
-                ds = pydicom.dcmread(opener, stop_before_pixels=stop_before_pixels)
+                fast = None
+                if stop_before_pixels and isinstance(opener, Path):
+                    fast = read_header(str(opener))
+                if fast is None:
+                    ds = pydicom.dcmread(opener, stop_before_pixels=stop_before_pixels)
+                else:
+                    ds = fast
                 forced = False
             except InvalidDicomError:
                 if isinstance(opener, io.BytesIO):
@@ -433,7 +440,7 @@ def _number(value: Any, default: float) -> float:
 
 
 def _values(ds: Dataset, keyword: str) -> list[Any]:
-    value = ds.get(keyword)
+    value = header_value(ds, keyword)
     if value is None or value == "":
         return []
     if isinstance(value, (pydicom.multival.MultiValue, list, tuple)):
@@ -461,7 +468,7 @@ def frame_groups(ds: Dataset, frame: int) -> list[Dataset]:
     if _SHARED_GROUPS not in ds._dict and _PER_FRAME_GROUPS not in ds._dict:
         return []  # most images: no lookups by keyword (each costs microseconds)
     groups: list[Dataset] = []
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    per_frame = header_value(ds, "PerFrameFunctionalGroupsSequence")
     if per_frame and frame < len(per_frame):
         groups.append(per_frame[frame])
     shared = _first_item(ds, "SharedFunctionalGroupsSequence")
@@ -475,7 +482,7 @@ def frame_attribute(ds: Dataset, frame: int, sequence: str, keyword: str) -> Any
     for group in frame_groups(ds, frame):
         item = _first_item(group, sequence)
         if item is not None and keyword in item:
-            return item.get(keyword)
+            return header_value(item, keyword)
     return None
 
 
@@ -485,11 +492,11 @@ def rescale_of_frame(ds: Dataset, frame: int) -> tuple[float, float, str]:
     intercept = frame_attribute(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept")
     rtype = frame_attribute(ds, frame, "PixelValueTransformationSequence", "RescaleType")
     if slope is None:
-        slope = ds.get("RescaleSlope")
+        slope = header_value(ds, "RescaleSlope")
     if intercept is None:
-        intercept = ds.get("RescaleIntercept")
+        intercept = header_value(ds, "RescaleIntercept")
     if rtype is None:
-        rtype = ds.get("RescaleType")
+        rtype = header_value(ds, "RescaleType")
     return _number(slope, 1.0), _number(intercept, 0.0), str(rtype or "")
 
 
@@ -507,7 +514,7 @@ def _windows(ds: Dataset) -> tuple[Window, ...]:
     centers = _values(source, "WindowCenter")
     widths = _values(source, "WindowWidth")
     explanations = _values(source, "WindowCenterWidthExplanation")
-    function = str(source.get("VOILUTFunction") or "LINEAR").strip().upper()
+    function = str(header_value(source, "VOILUTFunction") or "LINEAR").strip().upper()
     out = []
     for i, (c, w) in enumerate(zip(centers, widths, strict=False)):
         explanation = str(explanations[i]) if i < len(explanations) else ""
@@ -516,7 +523,7 @@ def _windows(ds: Dataset) -> tuple[Window, ...]:
 
 
 def _int(ds: Dataset, keyword: str, default: int) -> int:
-    value = ds.get(keyword)
+    value = header_value(ds, keyword)
     return default if value is None or value == "" else int(value)
 
 
@@ -536,15 +543,15 @@ def _make_info(ds: Dataset, path: str | None, inferred: bool) -> ImageInfo:
     )
     bits_allocated = _int(ds, "BitsAllocated", 0)
     bits_stored = _int(ds, "BitsStored", bits_allocated)
-    instance = ds.get("InstanceNumber")
-    series_number = ds.get("SeriesNumber")
+    instance = header_value(ds, "InstanceNumber")
+    series_number = header_value(ds, "SeriesNumber")
     return ImageInfo(
         path=path,
-        modality=str(ds.get("Modality") or ""),
-        sop_class_uid=str(ds.get("SOPClassUID") or ""),
-        sop_instance_uid=str(ds.get("SOPInstanceUID") or ""),
-        series_instance_uid=str(ds.get("SeriesInstanceUID") or ""),
-        study_instance_uid=str(ds.get("StudyInstanceUID") or ""),
+        modality=str(header_value(ds, "Modality") or ""),
+        sop_class_uid=str(header_value(ds, "SOPClassUID") or ""),
+        sop_instance_uid=str(header_value(ds, "SOPInstanceUID") or ""),
+        series_instance_uid=str(header_value(ds, "SeriesInstanceUID") or ""),
+        study_instance_uid=str(header_value(ds, "StudyInstanceUID") or ""),
         rows=_int(ds, "Rows", 0),
         columns=_int(ds, "Columns", 0),
         frames=frames,
@@ -553,7 +560,7 @@ def _make_info(ds: Dataset, path: str | None, inferred: bool) -> ImageInfo:
         bits_stored=bits_stored,
         high_bit=_int(ds, "HighBit", bits_stored - 1),
         signed=_int(ds, "PixelRepresentation", 0) == 1,
-        photometric=str(ds.get("PhotometricInterpretation") or "").strip().upper(),
+        photometric=str(header_value(ds, "PhotometricInterpretation") or "").strip().upper(),
         transfer_syntax=ts,
         transfer_syntax_inferred=inferred,
         rescale_slope=slope,
@@ -563,7 +570,7 @@ def _make_info(ds: Dataset, path: str | None, inferred: bool) -> ImageInfo:
         modality_lut="ModalityLUTSequence" in ds,
         voi_lut="VOILUTSequence" in ds,
         windows=_windows(ds),
-        lossy=str(ds.get("LossyImageCompression") or "") == "01",
+        lossy=str(header_value(ds, "LossyImageCompression") or "") == "01",
         series_number=None if series_number in (None, "") else int(series_number),
         instance_number=None if instance in (None, "") else int(instance),
         image_position=tuple(float(v) for v in position) if len(position) == 3 else None,  # type: ignore[arg-type]
