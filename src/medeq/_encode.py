@@ -44,6 +44,11 @@ _SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _short = struct.Struct("<HH2sH").pack  # group, element, VR, 16-bit length
 _long = struct.Struct("<HH2sxxL").pack  # group, element, VR, reserved, 32-bit length
 _PIXEL_DATA = 0x7FE00010
+#: The lowest tag after the command (0000) and file meta (0002) groups.
+_NO_META = 0x00030000
+#: Explicit VRs with a 32-bit and a 16-bit length, as written.
+_LONG_VRS = {str(vr): str(vr).encode() for vr in EXPLICIT_VR_LENGTH_32}
+_SHORT_VRS = {str(vr): str(vr).encode() for vr in EXPLICIT_VR_LENGTH_16}
 _NUMBERS = {
     "US": "H",
     "SS": "h",
@@ -114,7 +119,7 @@ def encode_file(ds: Dataset) -> bytes:
         and not syntax.is_implicit_VR
         and syntax.is_little_endian
         and not syntax.is_deflated
-        and not any(tag >> 16 in (0, 2) for tag in ds._dict)
+        and min(map(int, ds._dict), default=_NO_META) >= _NO_META  # no group 0 or 2
         and len(getattr(ds, "preamble", None) or b"\0" * 128) == 128
     )
     if not plain:
@@ -165,7 +170,15 @@ def _body(ds: Dataset, parent_encoding: Any, parts: list[bytes]) -> None:
             continue  # retired group lengths are not written
         elem = elements[tag]
         if isinstance(elem, RawDataElement):
-            if _raw(number, elem, parts):
+            # As read (explicit VR little endian): the value's bytes under a new header.
+            value = elem.value
+            if (
+                value is not None
+                and elem.length != _UNDEFINED
+                and number != _PIXEL_DATA
+                and _header(number, elem.VR, len(value), parts)
+            ):
+                parts.append(value)
                 continue
         elif elem.VR == "SQ" and number != _PIXEL_DATA:
             _sequence(tag, elem, encoding, parts)
@@ -180,10 +193,10 @@ def _body(ds: Dataset, parent_encoding: Any, parts: list[bytes]) -> None:
 
 def _header(tag: int, vr: str | None, length: int, parts: list[bytes]) -> bool:
     """Append an element's tag, VR and length; False if pydicom must write it."""
-    if vr in EXPLICIT_VR_LENGTH_32:
-        parts.append(_long(tag >> 16, tag & 0xFFFF, vr.encode(), length))
-    elif vr in EXPLICIT_VR_LENGTH_16 and length <= 0xFFFF:
-        parts.append(_short(tag >> 16, tag & 0xFFFF, vr.encode(), length))
+    if vr in _LONG_VRS:
+        parts.append(_long(tag >> 16, tag & 0xFFFF, _LONG_VRS[vr], length))
+    elif vr in _SHORT_VRS and length <= 0xFFFF:
+        parts.append(_short(tag >> 16, tag & 0xFFFF, _SHORT_VRS[vr], length))
     else:
         # No VR (implicit source), an ambiguous one, or a value too long for a short VR
         # (pydicom writes that as UN, with a warning).
@@ -254,17 +267,6 @@ def _as_read(ds: Dataset) -> bool:
             isinstance(elem, DataElement) and elem.VR in STANDARD_VR for elem in ds._dict.values()
         )
     return encoding == _EXPLICIT_LITTLE and ds.original_character_set == ds._character_set
-
-
-def _raw(tag: int, elem: RawDataElement, parts: list[bytes]) -> bool:
-    """Append an undecoded element as it was read; False if pydicom must write it."""
-    value = elem.value
-    if value is None or elem.length == _UNDEFINED or tag == _PIXEL_DATA:
-        return False
-    if not _header(tag, elem.VR, len(value), parts):
-        return False
-    parts.append(value)
-    return True
 
 
 def _sequence(tag: BaseTag, elem: DataElement, encoding: Any, parts: list[bytes]) -> None:
