@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import builtins
+import io
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +122,26 @@ def test_window_table_path_matches_the_formula(dtype: type, center: float, width
     slow = window_to_8bit(values.astype(np.int64), center, width)  # per-pixel formula
     assert fast.dtype == np.uint8
     np.testing.assert_array_equal(fast, slow)
+
+
+def test_a_preview_loads_only_the_jpeg_plugin(tmp_path: Path) -> None:
+    # Pillow's other common plugins cost a new process some 30 ms to import; the JPEG
+    # must be the same as Pillow's format="JPEG" writes.
+    out = tmp_path / "p.jpg"
+    script = (
+        "import sys, pathlib, numpy as np\n"
+        "from medeq.preview import save_preview\n"
+        "pixels = np.arange(64 * 64, dtype=np.uint16).reshape(1, 64, 64)\n"
+        f"save_preview(pixels, (2048.0, 4096.0), pathlib.Path({str(out)!r}))\n"
+        "print(sorted(m for m in sys.modules if m.endswith('ImagePlugin')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "['PIL.JpegImagePlugin']"
+    from medeq.preview import window_to_8bit
+
+    table = window_to_8bit(np.arange(64 * 64, dtype=np.uint16).reshape(1, 64, 64), 2048.0, 4096.0)
+    expected = io.BytesIO()
+    Image.fromarray(table[0]).save(expected, format="JPEG", quality=95)
+    assert out.read_bytes() == expected.getvalue()

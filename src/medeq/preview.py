@@ -142,6 +142,17 @@ def preview(
     return _save_jpeg(picture, Path(path), size, quality, overwrite)
 
 
+class _JpegBuffer(io.BytesIO):
+    """An in-memory file whose name tells Pillow the format.
+
+    Given ``format="JPEG"``, Pillow first imports its five common image plugins (BMP's
+    pulls in its colour tables: some 30 ms in every new process); given a file name it
+    imports the one plugin for the extension.
+    """
+
+    name = "preview.jpg"
+
+
 def _save_jpeg(
     picture: NDArray[np.uint8], path: Path, size: int | None, quality: int, overwrite: bool
 ) -> Path:
@@ -154,8 +165,8 @@ def _save_jpeg(
             (max(1, round(img.width * scale)), max(1, round(img.height * scale))),
             Image.Resampling.LANCZOS,
         )
-    buffer = io.BytesIO()
-    img.save(buffer, format="JPEG", quality=quality)
+    buffer = _JpegBuffer()
+    img.save(buffer, quality=quality)
     _atomic.atomic_write(path, lambda f: f.write(buffer.getvalue()), overwrite=overwrite)
     return path
 
