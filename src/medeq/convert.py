@@ -213,7 +213,9 @@ def _slice_values(
     ``source`` is a path, which a worker reads again, or (in this process) the image the
     scan read, whose native pixels are read in place once more and not kept. When they
     are not where the scan found them, the file has changed: it is read again whole, and
-    refused if it is another instance now.
+    refused if it is another instance now. A worker reads the header, then native pixels
+    in place after it, and reads the file whole only for other pixel data (or a file that
+    changed between the two reads).
     """
     if isinstance(source, DicomImage):
         if decode_in_place(source):
@@ -224,13 +226,22 @@ def _slice_values(
         if not source.info.path:
             raise OutputError(f"{source.name}: not a file, cannot be read again to write it")
         source = source.info.path
-    image = read_whole(source)
+    else:
+        image = _same_instance(read(source), sop_uid)
+        if decode_in_place(image):
+            return image, plan.values(image)
+    image = _same_instance(read_whole(source), sop_uid)
+    return image, plan.values(image)
+
+
+def _same_instance(image: DicomImage, sop_uid: str) -> DicomImage:
+    """``image``, if it is still the instance the scan read (else an OutputError)."""
     if image.info.sop_instance_uid != sop_uid:
         raise OutputError(
-            f"{source}: changed during the conversion ((0008,0018) SOP Instance UID is now "
-            f"{image.info.sop_instance_uid}, was {sop_uid})"
+            f"{image.name}: changed during the conversion ((0008,0018) SOP Instance UID is "
+            f"now {image.info.sop_instance_uid}, was {sop_uid})"
         )
-    return image, plan.values(image)
+    return image
 
 
 def _stored_count_task(
