@@ -7,6 +7,7 @@ import io
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -376,6 +377,26 @@ def test_pixel_data_group_is_not_copied(tmp_path: Path) -> None:
     ds.ExtendedOffsetTableLengths = b"\0" * 8
     out = written(medeq.read(ds), tmp_path)
     assert [e.tag for e in out if e.tag.group == 0x7FE0] == [0x7FE00010]
+
+
+def test_implicit_vr_items_in_an_explicit_vr_file_are_written_explicit(tmp_path: Path) -> None:
+    # Some writers encode a sequence's items in implicit VR inside an explicit VR file;
+    # the derived file holds them in explicit VR, as its transfer syntax says.
+    data = bytearray(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    body = struct.pack("<HHL", 0x0008, 0x1150, 5) + b"1.2.3"
+    body += struct.pack("<HHL", 0x0008, 0x1155, 7) + b"1.2.3.4"
+    item = struct.pack("<HHL", 0xFFFE, 0xE000, len(body)) + body
+    sequence = struct.pack("<HH2sxxL", 0x0008, 0x1140, b"SQ", len(item)) + item
+    at = data.index(b"\x10\x00\x10\x00PN")  # before (0010,0010) Patient's Name
+    data[at:at] = sequence
+    source = tmp_path / "mixed.dcm"
+    source.write_bytes(data)
+    [out_path] = medeq.write(medeq.enhance(medeq.read(source)), tmp_path / "out.dcm")
+    raw = Path(out_path).read_bytes()
+    start = raw.index(b"\x08\x00\x40\x11SQ")
+    assert b"\x08\x00\x50\x11UI\x06\x001.2.3\x00" in raw[start : start + 64]
+    out = pydicom.dcmread(out_path)
+    assert out.ReferencedImageSequence[0].ReferencedSOPInstanceUID == "1.2.3.4"
 
 
 def test_private_elements_after_pixel_data_of_a_real_file(tmp_path: Path) -> None:

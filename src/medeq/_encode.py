@@ -44,7 +44,8 @@ _SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _short = struct.Struct("<HH2sH").pack  # group, element, VR, 16-bit length
 _long = struct.Struct("<HH2sxxL").pack  # group, element, VR, reserved, 32-bit length
 _PIXEL_DATA = 0x7FE00010
-#: The lowest tag after the command (0000) and file meta (0002) groups.
+#: The lowest tag after the command (0000) and file meta (0002) groups: a data set with
+#: an element below it (groups 0000-0002) goes to pydicom's writer.
 _NO_META = 0x00030000
 #: Explicit VRs with a 32-bit and a 16-bit length, as written.
 _LONG_VRS = {str(vr): str(vr).encode() for vr in EXPLICIT_VR_LENGTH_32}
@@ -119,7 +120,7 @@ def encode_file(ds: Dataset) -> bytes:
         and not syntax.is_implicit_VR
         and syntax.is_little_endian
         and not syntax.is_deflated
-        and min(map(int, ds._dict), default=_NO_META) >= _NO_META  # no group 0 or 2
+        and min(map(int, ds._dict), default=_NO_META) >= _NO_META  # none of groups 0-2
         and len(getattr(ds, "preamble", None) or b"\0" * 128) == 128
     )
     if not plain:

@@ -118,7 +118,10 @@ def read_header(path: str) -> FileDataset | None:
         if meta is None:
             return None
         meta_elements, pos = meta
-        syntax = _transfer_syntax(meta_elements)
+        file_meta = _file_meta(meta_elements)
+        if file_meta is None:
+            return None
+        syntax = _transfer_syntax(file_meta, meta_elements)
         if syntax is None or syntax in _NOT_EXPLICIT_LITTLE or syntax in PrivateTransferSyntaxes:
             return None
         implicit = syntax == ImplicitVRLittleEndian
@@ -131,11 +134,6 @@ def read_header(path: str) -> FileDataset | None:
         if found is None:
             return None
         elements, _ = found
-    file_meta = FileMetaDataset(meta_elements)
-    file_meta.set_original_encoding(False, True, default_encoding)
-    # pydicom's reader decodes these meta elements as it reads: so does this one.
-    for tag in {next(iter(meta_elements)), _GROUP_LENGTH, _TRANSFER_SYNTAX} & meta_elements.keys():
-        file_meta[tag]
     dataset = Dataset(elements, parent_encoding=default_encoding)
     encoding: str | list[str] = default_encoding
     charset = elements.get(BaseTag(_CHARSET))
@@ -145,6 +143,36 @@ def read_header(path: str) -> FileDataset | None:
     ds = FileDataset(path, dataset, buf.data[:128], file_meta, implicit, True)
     ds.set_original_encoding(implicit, True, dataset._character_set)
     return ds
+
+
+def _file_meta(elements: dict[BaseTag, RawDataElement | DataElement]) -> FileMetaDataset | None:
+    """The file meta group, with the elements decoded that pydicom's reader decodes.
+
+    None when its lowest element cannot be decoded as explicit VR (pydicom then reads
+    the group again as implicit VR).
+    """
+    meta = FileMetaDataset(elements)
+    meta.set_original_encoding(False, True, default_encoding)
+    if elements:
+        try:
+            meta[min(elements)]
+        except NotImplementedError:
+            return None
+    for tag in (_GROUP_LENGTH, _TRANSFER_SYNTAX):
+        if tag in elements:
+            meta[tag]
+    return meta
+
+
+def _transfer_syntax(
+    meta: FileMetaDataset, elements: dict[BaseTag, RawDataElement | DataElement]
+) -> str | None:
+    """The Transfer Syntax UID as pydicom's reader takes it; None if absent or not a UI."""
+    elem = elements.get(BaseTag(_TRANSFER_SYNTAX))  # decoded by now
+    if elem is None or elem.VR != "UI":
+        return None
+    value = meta.get("TransferSyntaxUID")
+    return value if isinstance(value, str) and value else None
 
 
 def _is_sequence(tag: int, vr: str | None) -> bool:
@@ -164,13 +192,6 @@ def _is_sequence(tag: int, vr: str | None) -> bool:
 def _looks_explicit(data: bytes, pos: int) -> bool:
     """Whether the element at ``pos`` has two capital letters where an explicit VR goes."""
     return 0x40 < data[pos + 4] < 0x5B and 0x40 < data[pos + 5] < 0x5B
-
-
-def _transfer_syntax(meta: dict[BaseTag, RawDataElement | DataElement]) -> str | None:
-    elem = meta.get(BaseTag(_TRANSFER_SYNTAX))
-    if not isinstance(elem, RawDataElement) or not elem.value:
-        return None
-    return elem.value.decode("ascii", "replace").rstrip("\0 ")
 
 
 def _elements(
@@ -292,12 +313,14 @@ def _decode(vr: str, data: bytes) -> Any:
         return int.from_bytes(data, "little", signed=vr == "SS") if len(data) == 2 else None
     if vr == "CS" or vr == "UI":
         text = data.decode("iso8859").rstrip(" \0")
+        if vr == "UI":
+            text = text.strip()  # pydicom's UID strips white space at both ends
         return None if not text or "\\" in text else text
     if vr == "IS" or vr == "DS":
         parts = data.decode("iso8859").rstrip(" \0").split("\\")
-        pattern, kind = (_INTEGER, int) if vr == "IS" else (_DECIMAL, float)
-        if not all(pattern.fullmatch(part) for part in parts):
-            return None
+        pattern, kind, longest = (_INTEGER, int, 12) if vr == "IS" else (_DECIMAL, float, 16)
+        if not all(len(part) <= longest and pattern.fullmatch(part) for part in parts):
+            return None  # over-long values: pydicom's rules (and its warning)
         numbers = [kind(part) for part in parts]
         return numbers[0] if len(numbers) == 1 else numbers
     return None

@@ -317,7 +317,10 @@ def _read_header(
 
 def _file_version(path: Path) -> tuple[int, int, int]:
     """Size, modification time (ns) and inode: a file rewritten or replaced changes them."""
-    st = path.stat()
+    return _version_of(path.stat())
+
+
+def _version_of(st: os.stat_result) -> tuple[int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ino
 
 
@@ -673,6 +676,8 @@ def _native_pixel_data(image: DicomImage) -> bytes | None:
     expected = info.frames * info.rows * info.columns * (info.bits_allocated // 8)
     try:
         with open(src, "rb") as fp:
+            if image._version is not None and _version_of(os.fstat(fp.fileno())) != image._version:
+                return None  # not the file whose header was read: the full parse reads it
             walker = Skipper(fp, implicit=implicit, little=True)
             if not resume(walker, image._place):
                 return None
@@ -720,14 +725,9 @@ def decode_in_place(image: DicomImage) -> bool:
     which reports what it finds. The pixels are kept on the image until
     :meth:`DicomImage.release`.
     """
-    src = image._source
-    try:
-        same = isinstance(src, Path) and _file_version(src) == image._version
-    except OSError:
-        same = False
-    if not same:
-        return False
-    data = _native_pixel_data(image)
+    if image._version is None:
+        return False  # not read from a file by its path
+    data = _native_pixel_data(image)  # checks the version of the file it opens
     values = None if data is None else _native_values(data, image.info, image.name)
     if values is None:
         return False

@@ -69,9 +69,6 @@ DERIVATION_CODE = ("HISTEQ", "99MEDEQ", "Histogram equalization")
 #: Constant implementation UID of medeq, derived under pydicom's root.
 IMPLEMENTATION_UID = generate_uid(entropy_srcs=["medeq implementation"])
 
-#: (7FE0,0010) Pixel Data's tag as little-endian bytes.
-_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
-
 _LOSSY_METHOD = {
     "1.2.840.10008.1.2.4.50": "ISO_10918_1",
     "1.2.840.10008.1.2.4.51": "ISO_10918_1",
@@ -604,30 +601,17 @@ def _drop_nested_images(ds: Dataset) -> None:
     doomed = []
     for tag, raw in list(ds._dict.items()):
         # Only sequences are looked into (converting every element costs more than the
-        # rest of the header work): explicit SQ, or anything of undefined length.
+        # rest of the header work): explicit SQ, or anything of undefined length. Decoded
+        # here, a sequence's items are encoded afresh, in explicit VR: some writers put
+        # implicit VR items in explicit VR files, and copying their bytes would carry
+        # them into the output.
         if not (raw.VR == "SQ" or raw.VR is None or raw.VR == "UN"):
             continue
-        if _no_pixel_data(raw):
-            continue  # left undecoded: the encoder copies its bytes
         element = ds[tag]
         if element.VR == "SQ" and _holds_encapsulated(element.value):
             doomed.append(tag)
     for tag in doomed:
         del ds[tag]
-
-
-def _no_pixel_data(elem: DataElement | RawDataElement) -> bool:
-    """Whether an undecoded explicit VR little-endian sequence cannot hold Pixel Data.
-
-    (Elements of implicit VR sources are all decoded here: that gives them their VRs.)
-    """
-    return (
-        isinstance(elem, RawDataElement)
-        and elem.VR == "SQ"
-        and elem.is_little_endian
-        and isinstance(elem.value, bytes)
-        and _PIXEL_DATA_TAG not in elem.value
-    )
 
 
 def _holds_encapsulated(items: DicomSequence) -> bool:
