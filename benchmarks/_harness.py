@@ -99,6 +99,8 @@ class Peer:
     note: str = ""
     #: The most calls worth making (very slow peers).
     max_runs: int | None = None
+    #: Called before every call, untimed (clearing up after the previous one).
+    before: Callable[[], object] | None = None
 
 
 @dataclass
@@ -139,6 +141,8 @@ def time_peers(
     """
     runs: dict[str, int] = {}
     for peer in peers:
+        if peer.before is not None:
+            peer.before()
         start = time.perf_counter()
         peer.call()
         first = time.perf_counter() - start
@@ -153,6 +157,8 @@ def time_peers(
             for _ in range(block):
                 if len(times[peer.name]) >= runs[peer.name]:
                     break
+                if peer.before is not None:
+                    peer.before()
                 start = time.perf_counter()
                 peer.call()
                 times[peer.name].append((time.perf_counter() - start) * peer.scale)
