@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import struct
+import tempfile
 import warnings
 from pathlib import Path
 
 import pydicom
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 from pydicom.dataelem import RawDataElement
@@ -369,3 +370,35 @@ def test_numbers_decode_as_pydicom_decodes_them(values: list[str], vr: str) -> N
         warnings.simplefilter("ignore")
         expected = _raw(tag, vr, data).get(keyword)
     assert _plain(decoded) == _plain(expected)
+
+
+#: Explicit VR, implicit VR (no pixels), and undefined-length sequences before the pixels.
+DAMAGED_SOURCES = ("CT_small.dcm", "rtplan.dcm", "JPEG2000.dcm")
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_damaged_headers_read_as_pydicom_reads_them(data: st.DataObject) -> None:
+    # A few bytes of a real header overwritten anywhere before the pixels: the fast
+    # reader gives pydicom's dataset, raises what pydicom raises, or leaves the file to it.
+    name = data.draw(st.sampled_from(DAMAGED_SOURCES), label="file")
+    original = Path(get_testdata_file(name)).read_bytes()
+    pixels = original.rfind(b"\xe0\x7f\x10\x00")
+    at = data.draw(st.integers(0, (len(original) if pixels < 0 else pixels) - 1), label="offset")
+    patch = data.draw(st.binary(min_size=1, max_size=4), label="bytes")
+    damaged = original[:at] + patch + original[at + len(patch) :]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "damaged.dcm"
+        path.write_bytes(damaged)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                expected: object = _state(pydicom.dcmread(path, stop_before_pixels=True))
+            except Exception as exc:
+                expected = type(exc)
+            try:
+                fast = read_header(str(path))
+                got: object = None if fast is None else _state(fast)
+            except Exception as exc:
+                got = type(exc)
+    assert got is None or got == expected
