@@ -63,15 +63,13 @@ def same_or_left(path: str | Path) -> bool:
 
 
 SHARED = sorted(SHARED_DICOM.glob("*.dcm")) if SHARED_DICOM.is_dir() else []
+#: Every file pydicom installs, and the shared real files where they are.
+FILES = [path for _, path in PYDICOM_FILES] + [str(p) for p in SHARED]
+FILE_IDS = [Path(p).name for p in FILES]
 
 
-@pytest.mark.parametrize("name,path", PYDICOM_FILES)
-def test_pydicom_files_read_as_pydicom_reads_them(name: str, path: str) -> None:
-    same_or_left(path)
-
-
-@pytest.mark.parametrize("path", SHARED, ids=[p.name for p in SHARED])
-def test_shared_files_read_as_pydicom_reads_them(path: Path) -> None:
+@pytest.mark.parametrize("path", FILES, ids=FILE_IDS)
+def test_files_read_as_pydicom_reads_them(path: str) -> None:
     same_or_left(path)
 
 
@@ -286,13 +284,8 @@ def _values_agree(path: str | Path) -> None:
             assert _plain(got) == _plain(expected), (path, keyword)
 
 
-@pytest.mark.parametrize("name,path", PYDICOM_FILES)
-def test_values_as_pydicom_decodes_them_pydicom_files(name: str, path: str) -> None:
-    _values_agree(path)
-
-
-@pytest.mark.parametrize("path", SHARED, ids=[p.name for p in SHARED])
-def test_values_as_pydicom_decodes_them_shared_files(path: Path) -> None:
+@pytest.mark.parametrize("path", FILES, ids=FILE_IDS)
+def test_values_as_pydicom_decodes_them(path: str) -> None:
     _values_agree(path)
 
 

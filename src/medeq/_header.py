@@ -44,7 +44,7 @@ from pydicom.values import convert_string
 
 from ._filewalk import LONG_VRS, PIXEL_TAGS, UNDEFINED
 
-__all__ = ["header_value", "read_header"]
+__all__ = ["dictionary_entry", "header_value", "read_header"]
 
 #: The first read: most headers end within it; a longer one is read on in bigger steps.
 FIRST_READ = 1 << 16
@@ -121,7 +121,7 @@ def read_header(path: str) -> FileDataset | None:
         file_meta = _file_meta(meta_elements)
         if file_meta is None:
             return None
-        syntax = _transfer_syntax(file_meta, meta_elements)
+        syntax = _transfer_syntax(file_meta)
         if syntax is None or syntax in _NOT_EXPLICIT_LITTLE or syntax in PrivateTransferSyntaxes:
             return None
         implicit = syntax == ImplicitVRLittleEndian
@@ -164,11 +164,9 @@ def _file_meta(elements: dict[BaseTag, RawDataElement | DataElement]) -> FileMet
     return meta
 
 
-def _transfer_syntax(
-    meta: FileMetaDataset, elements: dict[BaseTag, RawDataElement | DataElement]
-) -> str | None:
+def _transfer_syntax(meta: FileMetaDataset) -> str | None:
     """The Transfer Syntax UID as pydicom's reader takes it; None if absent or not a UI."""
-    elem = elements.get(BaseTag(_TRANSFER_SYNTAX))  # decoded by now
+    elem = meta._dict.get(BaseTag(_TRANSFER_SYNTAX))
     if elem is None or elem.VR != "UI":
         return None
     value = meta.get("TransferSyntaxUID")
@@ -289,7 +287,7 @@ def header_value(ds: Dataset, keyword: str) -> Any:
     here are not validated: a UID with a leading zero comes back as it is, without the
     warning pydicom would log.
     """
-    entry = _entry(keyword)
+    entry = dictionary_entry(keyword)
     if entry is None:
         return ds.get(keyword)
     tag, vr = entry
@@ -302,7 +300,8 @@ def header_value(ds: Dataset, keyword: str) -> Any:
 
 
 @functools.cache
-def _entry(keyword: str) -> tuple[BaseTag, str] | None:
+def dictionary_entry(keyword: str) -> tuple[BaseTag, str] | None:
+    """The tag and dictionary VR of a public keyword (None for others), looked up once."""
     tag = tag_for_keyword(keyword)
     return None if tag is None else (BaseTag(tag), dictionary_VR(tag))
 

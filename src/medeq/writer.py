@@ -36,7 +36,6 @@ import numpy as np
 import pydicom
 from numpy.typing import NDArray
 from pydicom.charset import convert_encodings
-from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import data_element_generator
@@ -47,6 +46,7 @@ from pydicom.valuerep import DS, IS, format_number_as_ds
 from . import _atomic
 from ._encode import copy_elements, copy_file_meta, encode_file
 from ._filewalk import PIXEL_TAGS, UNDEFINED, Skipper, last_place, resume, skip_file_meta
+from ._header import dictionary_entry
 from .errors import OutputError, ParameterError
 from .reader import DicomImage, logged_warnings
 
@@ -200,11 +200,11 @@ def _ds(value: float) -> str:
     return format_number_as_ds(float(value))
 
 
-@functools.cache
 def _entry(keyword: str) -> tuple[int, str]:
-    tag = tag_for_keyword(keyword)
-    assert tag is not None, keyword
-    return tag, dictionary_VR(tag)
+    """Tag and dictionary VR of a keyword medeq itself sets (always a public one)."""
+    entry = dictionary_entry(keyword)
+    assert entry is not None, keyword
+    return entry
 
 
 def _put(ds: Dataset, keyword: str, value: Any) -> None:
