@@ -394,4 +394,5 @@ def test_damaged_headers_read_as_pydicom_reads_them(data: st.DataObject) -> None
                 got: object = None if fast is None else _state(fast)
             except Exception as exc:
                 got = type(exc)
-    assert got is None or got == expected
+            # Comparing sequences decodes their items' elements: damaged ones warn.
+            assert got is None or got == expected
