@@ -70,6 +70,8 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
     if request.param == "pieces":
         monkeypatch.setattr(_kernels, "MAX_SPAN", 97)
         monkeypatch.setattr(_kernels, "NUMPY_PIECE", 5)
+        # 8-bit data by byte pairs (drained after every piece), at any size.
+        monkeypatch.setattr(_kernels, "PAIRS_FROM", 0)
     yield str(request.param)
     pool.close()
 
@@ -156,14 +158,23 @@ def test_value_counts_and_map_values(
 
 @pytest.mark.parametrize("dtype", ["uint8", "int8"])
 @pytest.mark.parametrize("start", range(8))
+@pytest.mark.parametrize("pairs", [False, True], ids=["bytes", "pairs"])
 def test_8bit_values_at_every_alignment(
-    dtype: str, start: int, backend: str, path: str, rng: np.random.Generator
+    dtype: str,
+    start: int,
+    pairs: bool,
+    backend: str,
+    path: str,
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """8-bit rows are read as aligned 64-bit words, the bytes around them one at a time.
 
     Views that start at every byte of a word, lengths around a word's multiples, rows
-    long and short, and (on the parallel path) chunks that end mid-word.
+    long and short, and (on the parallel path) chunks that end mid-word; words taken
+    byte by byte and by byte pairs (counters of pairs, a table of pairs).
     """
+    monkeypatch.setattr(_kernels, "PAIRS_FROM", 0 if pairs else 1 << 62)
     base = int(np.iinfo(dtype).min)
     flat = make_image(dtype, (3000,), rng)
     table = rng.integers(0, 256, 256).astype(np.uint8)
@@ -186,10 +197,13 @@ def test_8bit_values_at_every_alignment(
         # A new output is aligned to 16 bytes: rows are mapped word by word only when
         # input and output share their offset in a word, which here they do.
         module = _kernels.jit()
+        pair_table = np.empty(module.PAIRS if pairs else 0, np.uint16)
+        if pairs:
+            module.pair_table(table, -base, pair_table)
         for n in (15, 16, 17, 23, 24, 25, 64, 999, 2990):
             row = flat[start : start + n]
             out_buffer = np.zeros(3008, np.uint8)
-            module._map_raw_row(row, table, out_buffer[start : start + n], base)
+            module._map_raw_row(row, table, pair_table, out_buffer[start : start + n], base)
             np.testing.assert_array_equal(
                 out_buffer[start : start + n], table[row.astype(np.int64) - base]
             )

@@ -52,6 +52,15 @@ NSUB = 4
 PAD = 16
 #: The low byte of a 64-bit word.
 _BYTE = np.uint64(0xFF)
+#: Byte pairs: 8-bit data are counted and mapped two bytes at a time, as 16-bit
+#: patterns. Counting halves the counter updates (the pair counts are then folded into
+#: byte counts); mapping goes through a table of 65536 byte pairs (built from the 256
+#: entries) and halves the table lookups. Pair counters come in two copies of
+#: ``PAIR_BINS`` (the pairs, then 256 for the odd bytes at the ends of a row).
+PAIRS = 65536
+PAIR_BINS = PAIRS + 256
+PAIR_SUB = 2
+_PAIR = np.uint64(0xFFFF)
 
 
 def _jit() -> Callable[[_F], _F]:
@@ -235,7 +244,59 @@ def _map_byte_words(words: Any, table: Any, out: Any, flip: int) -> None:
 
 
 @_jit()
+def _count_byte_pairs(words: Any, h: Any, flip: int) -> None:
+    """Count the four byte pairs of each word into pair counters ``h`` (see ``PAIRS``).
+
+    Two copies take alternate pairs, so that a run of equal pairs (a flat background)
+    does not make each update wait for the one before.
+    """
+    f = np.uint64(flip) * np.uint64(0x0101010101010101)
+    for i in range(words.size):
+        x = words[i] ^ f
+        h[0, x & _PAIR] += 1
+        h[1, (x >> np.uint64(16)) & _PAIR] += 1
+        h[0, (x >> np.uint64(32)) & _PAIR] += 1
+        h[1, x >> np.uint64(48)] += 1
+
+
+@_jit()
+def _count_odd_bytes(row: Any, mrow: Any, h: Any, base: int) -> None:
+    """Count 8-bit values (masked ones only) into the byte counters after the pairs."""
+    for i in range(row.size):
+        if mrow is None or mrow[i]:
+            h[0, PAIRS + np.uint64(np.int64(row[i]) - base)] += 1
+
+
+@_jit()
+def drain_pairs(h: Any, out: Any) -> None:
+    """Add the byte counts held in pair counters ``h`` to ``out`` (256 bins); zero them."""
+    for s in range(h.shape[0]):
+        for hi in range(256):
+            pairs = h[s, hi * 256 : hi * 256 + 256]
+            total = 0
+            for lo in range(256):
+                c = pairs[lo]
+                total += c
+                out[lo] += c
+                pairs[lo] = 0
+            out[hi] += total
+        odd = h[s, PAIRS : PAIRS + 256]
+        for v in range(256):
+            out[v] += odd[v]
+            odd[v] = 0
+
+
+@_jit()
 def _count_raw_row(row: Any, mrow: Any, h: Any, base: int) -> None:
+    if row.itemsize == 1 and h.shape[1] == PAIR_BINS + PAD:  # pair counters
+        head, stop = _byte_words(row) if mrow is None else (0, 0)
+        if stop > head:
+            _count_odd_bytes(row[:head], None, h, base)
+            _count_byte_pairs(row[head:stop].view(np.uint64), h, -base)
+            _count_odd_bytes(row[stop:], None, h, base)
+        else:
+            _count_odd_bytes(row, mrow, h, base)
+        return
     if row.itemsize == 1 and mrow is None:
         head, stop = _byte_words(row)
         if stop > head:
@@ -318,14 +379,42 @@ def _count_float_row(
 
 
 @_jit()
-def _map_raw_row(row: Any, table: Any, orow: Any, base: int) -> None:
+def pair_table(table: Any, flip: int, pairs: Any) -> None:
+    """``pairs[p]``: the two output bytes of 16-bit pattern ``p`` of two input bytes.
+
+    ``table`` has one byte per value (bin ``k`` is bit pattern ``k ^ flip``); the low byte
+    of a pair maps to the low byte of its entry, the high to the high.
+    """
+    for hi in range(256):
+        high = np.uint16(np.uint8(table[hi ^ flip])) << np.uint16(8)
+        for lo in range(256):
+            pairs[hi * 256 + lo] = high | np.uint16(np.uint8(table[lo ^ flip]))
+
+
+@_jit()
+def _map_pair_words(words: Any, pairs: Any, out: Any) -> None:
+    """``out`` = each word's four byte pairs through ``pairs`` (see :func:`pair_table`)."""
+    for i in range(words.size):
+        x = words[i]
+        y = np.uint64(pairs[x & _PAIR])
+        y |= np.uint64(pairs[(x >> np.uint64(16)) & _PAIR]) << np.uint64(16)
+        y |= np.uint64(pairs[(x >> np.uint64(32)) & _PAIR]) << np.uint64(32)
+        y |= np.uint64(pairs[x >> np.uint64(48)]) << np.uint64(48)
+        out[i] = y
+
+
+@_jit()
+def _map_raw_row(row: Any, table: Any, pairs: Any, orow: Any, base: int) -> None:
     if row.itemsize == 1 and orow.itemsize == 1:
         head, stop = _byte_words(row)
         if stop > head and orow.strides[0] == 1 and orow.ctypes.data % 8 == row.ctypes.data % 8:
             _map_values(row[:head], table, orow[:head], base)
-            _map_byte_words(
-                row[head:stop].view(np.uint64), table, orow[head:stop].view(np.uint64), -base
-            )
+            words = row[head:stop].view(np.uint64)
+            out = orow[head:stop].view(np.uint64)
+            if pairs.size == PAIRS:
+                _map_pair_words(words, pairs, out)
+            else:
+                _map_byte_words(words, table, out, -base)
             _map_values(row[stop:], table, orow[stop:], base)
             return
     _map_values(row, table, orow, base)
@@ -462,12 +551,14 @@ def _count_float_chunk(
 
 
 @_jit()
-def _map_raw_chunk(d: Any, table: Any, out: Any, base: int, start: int, stop: int) -> None:
+def _map_raw_chunk(
+    d: Any, table: Any, pairs: Any, out: Any, base: int, start: int, stop: int
+) -> None:
     """``out = table[d - base]`` over ``[start, stop)``."""
     k = start
     while k < stop:
         p, q, c0, c1 = _row_at(d, k, stop)
-        _map_raw_row(d[p, q, c0:c1], table, out[p, q, c0:c1], base)
+        _map_raw_row(d[p, q, c0:c1], table, pairs, out[p, q, c0:c1], base)
         k += c1 - c0
 
 
@@ -629,6 +720,7 @@ def count_float(
 def map_raw(
     d: Any,
     table: Any,
+    pairs: Any,
     out: Any,
     base: int,
     bounds: Any,
@@ -637,13 +729,14 @@ def map_raw(
     generation: int,
     spins: int,
 ) -> None:
-    """``out = table[d - base]``."""
+    """``out = table[d - base]``; for 8-bit data and output through ``pairs`` when it holds
+    :func:`pair_table` (else it is empty)."""
     while True:
         c = _claim(bounds, work)
         if c < 0:
             _linger(control, generation, spins)
             return
-        _map_raw_chunk(d, table, out, base, bounds[c], bounds[c + 1])
+        _map_raw_chunk(d, table, pairs, out, base, bounds[c], bounds[c + 1])
         _finished(work)
 
 
