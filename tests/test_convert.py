@@ -228,17 +228,20 @@ def converted_with_a_change(
     monkeypatch: pytest.MonkeyPatch,
     jobs: int,
     change: Callable[[Any], None],
+    stage: str = "_stream_job",
+    message: str = "changed during the conversion",
     **options: Any,
 ) -> tuple[medeq.Report, Path]:
     """Convert the synthetic series, applying ``change`` to one slice's dataset (saved
-    back to its file) after the counting pass; return the report and that file's path.
+    back to its file) after the first pass (before ``stage`` decides the series); return
+    the report and that file's path, which failed with ``message``.
     """
     import importlib
 
     import pydicom
 
     convert_module = importlib.import_module("medeq.convert")
-    real = convert_module._stream_job
+    real = getattr(convert_module, stage)
     src = tmp_path / "in"
     synthetic_series(src)
     victim = src / "CT_small_2.dcm"
@@ -250,13 +253,13 @@ def converted_with_a_change(
             ds.save_as(victim)
         return real(job, *args)  # type: ignore[no-any-return]
 
-    monkeypatch.setattr(convert_module, "_stream_job", change_then_write)
+    monkeypatch.setattr(convert_module, stage, change_then_write)
     report = medeq.convert([src], tmp_path / "out", jobs=jobs, preview=False, **options)
     assert report.exit_code == 1
     assert report.totals["converted"] == 6
     failed = [f for f in report.files if f.status == "failed"]
     assert [Path(f.input).name for f in failed] == [victim.name]
-    assert "changed during the conversion" in str(failed[0].error)
+    assert message in str(failed[0].error)
     assert not (tmp_path / "out" / victim.name).exists()
     return report, victim
 
@@ -308,6 +311,27 @@ def test_slice_replaced_with_the_same_layout_fails_alone(
     report, _ = converted_with_a_change(tmp_path, monkeypatch, jobs, same_length)
     [failed] = [f for f in report.files if f.status == "failed"]
     assert "SOP Instance UID is now" in str(failed.error)
+
+
+def test_volume_slice_changed_before_its_write_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers send back images without headers: a worker writing a slice reads its
+    header again, and refuses a file that changed since the scan."""
+
+    def comment(ds: Any) -> None:
+        ds.PatientComments = "changed"
+
+    # Per-slice equalization goes as a volume: decoded in the workers, equalized here.
+    converted_with_a_change(
+        tmp_path,
+        monkeypatch,
+        2,
+        comment,
+        stage="_equalize_job",
+        message="the file changed after its header was read",
+        per_slice=True,
+    )
 
 
 def test_series_that_cannot_go_slice_wise_is_equalized_as_a_volume(tmp_path: Path) -> None:

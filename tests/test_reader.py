@@ -486,6 +486,41 @@ def test_native_pixels_in_place_of_a_file_that_changed(tmp_path: Path) -> None:
     np.testing.assert_array_equal(image.stored, expected)
 
 
+def test_an_image_without_its_header_reads_it_again_when_asked(tmp_path: Path) -> None:
+    import pickle
+
+    path = tmp_path / "ct.dcm"
+    path.write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    image = medeq.read(path)
+    light = image.without_header()
+    assert light.info == image.info
+    # What travels between processes: the info and the header's end, not the header.
+    assert len(pickle.dumps(light)) * 4 < len(pickle.dumps(image))
+    copy = pickle.loads(pickle.dumps(light))
+    np.testing.assert_array_equal(copy.stored, image.stored)
+    assert copy.dataset == image.dataset
+    assert copy.dataset.filename == image.dataset.filename
+    # In-memory images have nothing to read again: they keep their header.
+    with path.open("rb") as fp:
+        from_file_object = medeq.read(fp)
+    assert from_file_object.without_header() is from_file_object
+
+
+def test_an_image_without_its_header_refuses_a_changed_file(tmp_path: Path) -> None:
+    path = tmp_path / "ct.dcm"
+    src = Path(get_testdata_file("CT_small.dcm"))
+    path.write_bytes(src.read_bytes())
+    light = medeq.read(path).without_header()
+    ds = pydicom.dcmread(src)
+    ds.PatientComments = "changed"
+    ds.save_as(path)
+    with pytest.raises(medeq.DicomError, match=r"ct\.dcm: the file changed after its header"):
+        _ = light.dataset
+    path.unlink()
+    with pytest.raises(medeq.DicomError, match="no such file"):
+        _ = light.dataset
+
+
 def test_read_whole_refuses_what_decoding_refuses() -> None:
     from medeq.reader import read_whole
 

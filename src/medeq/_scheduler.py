@@ -94,12 +94,17 @@ def _launch(pool: Executor, workers: int) -> list[Future[None]]:
         gc.unfreeze()
 
 
-def read_headers(files: list[str]) -> list[DicomImage | str]:
-    """Read the headers of ``files`` (pixels are not decoded); an error becomes its message."""
+def read_headers(files: list[str], keep: bool = True) -> list[DicomImage | str]:
+    """Read the headers of ``files`` (pixels are not decoded); an error becomes its message.
+
+    ``keep`` False: the images go without their headers (:meth:`DicomImage.without_header`),
+    as a worker sends them back.
+    """
     images: list[DicomImage | str] = []
     for file in files:
         try:
-            images.append(read(file))
+            image = read(file)
+            images.append(image if keep else image.without_header())
         except DicomError as exc:
             images.append(str(exc))
     return images
@@ -290,6 +295,11 @@ class Scheduler:
         few batches from the front and reads from the back itself, until the two meet.
         Reading a header runs no C decoder, so a worker should not die on one; if the
         pool breaks anyway (the OOM killer), the batches it lost are read here too.
+        The images come without their headers (:meth:`DicomImage.without_header`),
+        whichever process read them: what this process decides needs only their info,
+        and a worker that writes a file reads its header again (refusing a file that
+        changed since). Headers thus never travel between processes, and a big batch
+        does not hold them all here.
         """
         names = [str(f) for f in files]
         size = max(1, min(32, len(names) // (4 * self.workers)))
@@ -305,18 +315,18 @@ class Scheduler:
                 len(batches),
             )  # the pool takes batches[front], this process batches[back - 1]
             while front < back and not any(r.done() for r in ready):
-                done[front] = read_headers(batches[front])
+                done[front] = read_headers(batches[front], False)
                 front += 1
             # No future is ever cancelled: a cancelled future in a pool that then breaks
             # kills the pool's manager thread (Python 3.11), which leaves workers hanging.
             inflight: dict[Future[list[DicomImage | str]], int] = {}
             while front < back or inflight:
                 while front < back and not broken and len(inflight) < 2 * self.workers:
-                    inflight[self.pool.submit(read_headers, batches[front])] = front
+                    inflight[self.pool.submit(read_headers, batches[front], False)] = front
                     front += 1
                 if front < back:
                     back -= 1
-                    done[back] = read_headers(batches[back])
+                    done[back] = read_headers(batches[back], False)
                     finished = [f for f in inflight if f.done()]
                 else:
                     finished = list(wait(list(inflight), return_when=FIRST_COMPLETED)[0])
@@ -326,7 +336,7 @@ class Scheduler:
                         done[i] = future.result()
                     except BrokenProcessPool:
                         broken = True
-                        done[i] = read_headers(batches[i])
+                        done[i] = read_headers(batches[i], False)
         except BaseException:
             self.abort()
             raise

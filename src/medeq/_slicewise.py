@@ -131,8 +131,7 @@ def counts_through(image: DicomImage, plan: VoiPlan, stored: StoredCounts) -> Sl
     numbers as mapping and counting every pixel. None when :func:`count_values` would
     give None.
     """
-    alone = DicomImage(image.dataset, image.info, image._source)
-    alone._stored = stored.values.reshape(1, 1, -1)  # one frame: the rescale of frame 1
+    alone = image._with_stored(stored.values.reshape(1, 1, -1))  # one frame: frame 1's rescale
     return count_values(plan.values(alone).ravel(), stored.counts)
 
 

@@ -165,12 +165,15 @@ def modality_values(image: DicomImage) -> NDArray[Any]:
         intercept, or a LUT), else float32.
     """
     stored = image.stored
-    ds = image.dataset
-    if image.info.modality_lut:
-        item = ds.ModalityLUTSequence[0]
-        return _apply_lut(stored, item, _little_endian(image), image.info.signed)
+    info = image.info
+    if info.modality_lut:
+        item = image.dataset.ModalityLUTSequence[0]
+        return _apply_lut(stored, item, _little_endian(image), info.signed)
     frames = stored.shape[0]
-    rescales = [rescale_of_frame(ds, f)[:2] for f in range(frames)]
+    if info.per_frame_rescale:
+        rescales = [rescale_of_frame(image.dataset, f)[:2] for f in range(frames)]
+    else:  # every frame has frame 1's, which the info holds
+        rescales = [(info.rescale_slope, info.rescale_intercept)] * frames
     for s, i in rescales:
         if s == 0 or not (math.isfinite(s) and math.isfinite(i)):
             raise UnsupportedImageError(
@@ -302,7 +305,7 @@ def _auto_window(image: DicomImage) -> Window | None:
 
 def _float_levels(lo: float, hi: float, images: Sequence[DicomImage]) -> int:
     """Stored levels between lo and hi, for float modality values."""
-    slope = min(abs(rescale_of_frame(im.dataset, 0)[0]) for im in images) or 1.0
+    slope = min(abs(im.info.rescale_slope) for im in images) or 1.0
     return math.floor((hi - lo) / slope + 1e-9) + 1
 
 

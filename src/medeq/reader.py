@@ -34,7 +34,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from . import _codestream
 from ._filewalk import PIXEL_DATA, PIXEL_TAGS, Place, Skipper, last_place, resume
 from ._header import header_value, read_header
-from .errors import CorruptPixelDataError, NotDicomError, UnsupportedImageError
+from .errors import CorruptPixelDataError, DicomError, NotDicomError, UnsupportedImageError
 
 __all__ = ["DicomImage", "ImageInfo", "Source", "Window", "read", "read_info"]
 
@@ -147,8 +147,11 @@ class DicomImage:
         The standardised facts medeq uses.
     """
 
-    def __init__(self, dataset: Dataset, info: ImageInfo, source: bytes | Path | Dataset):
-        self.dataset = dataset
+    def __init__(
+        self, dataset: Dataset | None, info: ImageInfo, source: bytes | Path | Dataset
+    ) -> None:
+        #: None: read again from the file on first use (see :meth:`without_header`).
+        self._dataset = dataset
         self.info = info
         self._source = source
         self._stored: NDArray[Any] | None = None
@@ -169,6 +172,42 @@ class DicomImage:
     def name(self) -> str:
         """The file path, or ``<memory>`` for in-memory sources (for messages)."""
         return self.info.path or "<memory>"
+
+    @property
+    def dataset(self) -> Dataset:
+        """The header (see the class's attributes); read again if this copy went without.
+
+        Raises
+        ------
+        DicomError
+            When the header has to be read again and the file is no longer the one first
+            read (its size, modification time or inode changed), or no longer readable.
+        """
+        if self._dataset is None:
+            self._dataset = _header_again(self)
+        return self._dataset
+
+    def without_header(self) -> DicomImage:
+        """A copy without the header, which it reads from the file again if asked for it.
+
+        For sending a file's image to another process: the info and where the header
+        ends are a few hundred bytes, a header some 15 KB that costs a millisecond each
+        way to pickle (worker processes send the images of the files they read this way,
+        and the main process mostly needs only the info). Images not read from a file
+        by its path keep their header.
+        """
+        if self._version is None or not isinstance(self._source, Path):
+            return self
+        image = DicomImage(None, self.info, self._source)
+        image._place, image._version = self._place, self._version
+        return image
+
+    def _with_stored(self, stored: NDArray[Any]) -> DicomImage:
+        """A copy with these stored values (shaped as :attr:`stored`) and the same header."""
+        image = DicomImage(self._dataset, self.info, self._source)
+        image._place, image._version = self._place, self._version
+        image._stored = stored
+        return image
 
     @property
     def stored(self) -> NDArray[Any]:
@@ -254,6 +293,17 @@ def read_whole(path: str | os.PathLike[str]) -> DicomImage:
     Raises what :func:`read` and decoding raise.
     """
     return _image(*_read_header(Path(path), whole=True))
+
+
+def _header_again(image: DicomImage) -> Dataset:
+    """The header of ``image``'s file, read again; refused if the file changed since."""
+    again = read(image._source) if isinstance(image._source, Path) else None
+    if again is None or again._version != image._version:
+        raise DicomError(
+            f"{image.name}: the file changed after its header was read (its size, "
+            "modification time or inode differ); read it again"
+        )
+    return again.dataset
 
 
 def _image(
