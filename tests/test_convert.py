@@ -230,11 +230,13 @@ def converted_with_a_change(
     change: Callable[[Any], None],
     stage: str = "_stream_job",
     message: str = "changed during the conversion",
+    make: Callable[[Path], None] = synthetic_series,
     **options: Any,
 ) -> tuple[medeq.Report, Path]:
     """Convert the synthetic series, applying ``change`` to one slice's dataset (saved
     back to its file) after the first pass (before ``stage`` decides the series); return
-    the report and that file's path, which failed with ``message``.
+    the report and that file's path, which failed with ``message``. ``make(folder)``
+    writes the inputs (by default the synthetic series).
     """
     import importlib
 
@@ -243,7 +245,7 @@ def converted_with_a_change(
     convert_module = importlib.import_module("medeq.convert")
     real = getattr(convert_module, stage)
     src = tmp_path / "in"
-    synthetic_series(src)
+    make(src)
     victim = src / "CT_small_2.dcm"
 
     def change_then_write(job: Any, *args: Any) -> int:
@@ -313,23 +315,44 @@ def test_slice_replaced_with_the_same_layout_fails_alone(
     assert "SOP Instance UID is now" in str(failed.error)
 
 
+@pytest.mark.parametrize("lut", [False, True], ids=["rescale", "modality-lut"])
 def test_volume_slice_changed_before_its_write_fails_alone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lut: bool
 ) -> None:
-    """Workers send back images without headers: a worker writing a slice reads its
-    header again, and refuses a file that changed since the scan."""
+    """Workers send back images without headers: the header is read again where it is
+    needed (here, for a Modality LUT; else by the worker writing the slice), and another
+    instance at the path fails that file alone."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
 
-    def comment(ds: Any) -> None:
-        ds.PatientComments = "changed"
+    def with_modality_lut(src: Path) -> None:
+        synthetic_series(src)
+        for path in src.glob("CT_small_*.dcm"):
+            ds = pydicom.dcmread(path)
+            item = Dataset()
+            item.LUTDescriptor = [4096, 0, 16]
+            item.ModalityLUTType = "HU"
+            item.add_new(0x00283006, "US", list(range(0, 4096 * 8, 8)))
+            del ds.RescaleSlope, ds.RescaleIntercept
+            ds.ModalityLUTSequence = Sequence([item])
+            ds.PixelRepresentation = 0
+            ds.PixelData = ds.pixel_array.clip(0, 4095).astype(np.uint16).tobytes()
+            ds.save_as(path)
+
+    def another(ds: Any) -> None:
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.999"
 
     # Per-slice equalization goes as a volume: decoded in the workers, equalized here.
     converted_with_a_change(
         tmp_path,
         monkeypatch,
         2,
-        comment,
+        another,
         stage="_equalize_job",
-        message="the file changed after its header was read",
+        message="the file changed after its header was read ((0008,0018) SOP Instance UID "
+        "is now 1.2.3.999",
+        make=with_modality_lut if lut else synthetic_series,
         per_slice=True,
     )
 

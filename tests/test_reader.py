@@ -506,15 +506,28 @@ def test_an_image_without_its_header_reads_it_again_when_asked(tmp_path: Path) -
     assert from_file_object.without_header() is from_file_object
 
 
-def test_an_image_without_its_header_refuses_a_changed_file(tmp_path: Path) -> None:
+def test_an_image_without_its_header_refuses_another_instance(tmp_path: Path) -> None:
     path = tmp_path / "ct.dcm"
     src = Path(get_testdata_file("CT_small.dcm"))
     path.write_bytes(src.read_bytes())
     light = medeq.read(path).without_header()
     ds = pydicom.dcmread(src)
+    # Rewritten with another comment: the same instance and image facts, accepted.
     ds.PatientComments = "changed"
     ds.save_as(path)
-    with pytest.raises(medeq.DicomError, match=r"ct\.dcm: the file changed after its header"):
+    assert light.dataset.PatientComments == "changed"
+    light = medeq.read(path).without_header()
+    ds.SOPInstanceUID = "1.2.3.4"
+    ds.save_as(path)
+    with pytest.raises(
+        medeq.DicomError, match=r"ct\.dcm: the file changed after its header.*1\.2\.3\.4"
+    ):
+        _ = light.dataset
+    light = medeq.read(path).without_header()
+    ds.Rows = ds.Columns = 64
+    ds.PixelData = bytes(64 * 64 * 2)
+    ds.save_as(path)
+    with pytest.raises(medeq.DicomError, match="its image attributes differ"):
         _ = light.dataset
     path.unlink()
     with pytest.raises(medeq.DicomError, match="no such file"):

@@ -368,7 +368,9 @@ def value_counts(
         return base, counts.astype(np.int64, copy=False)
     d, m = _count_layout(image, mask)
     nbins = 1 << (8 * image.dtype.itemsize)
-    pairs = nbins == 256 and m is None and image.size >= PAIRS_FROM
+    # Pairs only for contiguous data (one long row): strided rows would take the single
+    # counters for odd bytes, which a run of equal values slows down.
+    pairs = nbins == 256 and m is None and d.flags.c_contiguous and image.size >= PAIRS_FROM
     first, counts = _count(
         module, image.size, nbins, lambda h, *rest: module.count_raw(d, m, base, h, *rest), pairs
     )
@@ -396,7 +398,12 @@ def map_values(table: NDArray[Any], image: NDArray[Any]) -> NDArray[Any]:
     d, out = _map_layout(image, table.dtype)
     o = out.reshape(d.shape)
     pairs = _NO_PAIRS
-    if image.dtype.itemsize == 1 and table.dtype.itemsize == 1 and image.size >= PAIRS_FROM:
+    if (
+        image.dtype.itemsize == 1
+        and table.dtype.itemsize == 1
+        and d.flags.c_contiguous  # rows of strided data are mapped byte by byte
+        and image.size >= PAIRS_FROM
+    ):
         pairs = np.empty(module.PAIRS, np.uint16)
         module.pair_table(table, -base, pairs)
     _share(

@@ -50,7 +50,7 @@ from ._slicewise import (
 from .clahe import _as_redistribution
 from .enhance import Derived, Method, canonical_parameters, enhance
 from .errors import MedeqError, OutputError, ParameterError
-from .normalize import VoiPlan, WindowSpec, parse_window, voi_plan
+from .normalize import VoiPlan, WindowSpec, needs_header, parse_window, voi_plan
 from .reader import (
     DicomImage,
     ImageInfo,
@@ -813,7 +813,16 @@ def _equalize_job(
     settle: Callable[[FileResult], None],
 ) -> int:
     """Equalize one decoded job in this process and submit its writes; return how many."""
-    good = _settle_failed(job, [error for _, error in arrays], settle)
+    errors = [error for _, error in arrays]
+    for i, image in enumerate(job.images):
+        # A header the scan did not keep is read again here only if normalising needs it:
+        # one file that changed since then fails alone, not its whole series.
+        if errors[i] is None and needs_header(image):
+            try:
+                _ = image.dataset
+            except MedeqError as exc:
+                errors[i] = str(exc)
+    good = _settle_failed(job, errors, settle)
     for i in good:
         arr = arrays[i][0]
         assert arr is not None

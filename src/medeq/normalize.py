@@ -147,6 +147,16 @@ def _is_whole(x: float) -> bool:
     return math.isfinite(x) and x == round(x)
 
 
+def needs_header(image: DicomImage) -> bool:
+    """Whether normalising ``image`` reads its header beyond the info record.
+
+    A Modality LUT, a VOI LUT and per-frame rescale values are read from the header's
+    sequences; everything else normalisation needs is in ``image.info``.
+    """
+    info = image.info
+    return info.modality_lut or info.voi_lut or info.per_frame_rescale
+
+
 def modality_values(image: DicomImage) -> NDArray[Any]:
     """Apply the Modality LUT: stored values to modality units (HU for CT).
 

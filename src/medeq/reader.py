@@ -180,8 +180,8 @@ class DicomImage:
         Raises
         ------
         DicomError
-            When the header has to be read again and the file is no longer the one first
-            read (its size, modification time or inode changed), or no longer readable.
+            When the header has to be read again and the file no longer gives the same
+            info record, or is no longer readable.
         """
         if self._dataset is None:
             self._dataset = _header_again(self)
@@ -194,7 +194,8 @@ class DicomImage:
         ends are a few hundred bytes, a header some 15 KB that costs a millisecond each
         way to pickle (worker processes send the images of the files they read this way,
         and the main process mostly needs only the info). Images not read from a file
-        by its path keep their header.
+        by its path keep their header. A file that changed in between is accepted only
+        if it gives the same info record (the same instance, with the same image facts).
         """
         if self._version is None or not isinstance(self._source, Path):
             return self
@@ -296,13 +297,24 @@ def read_whole(path: str | os.PathLike[str]) -> DicomImage:
 
 
 def _header_again(image: DicomImage) -> Dataset:
-    """The header of ``image``'s file, read again; refused if the file changed since."""
-    again = read(image._source) if isinstance(image._source, Path) else None
-    if again is None or again._version != image._version:
-        raise DicomError(
-            f"{image.name}: the file changed after its header was read (its size, "
-            "modification time or inode differ); read it again"
+    """The header of ``image``'s file, read again.
+
+    A file that changed since (size, modification time or inode) is accepted if it
+    still gives the same info record (the same instance, with the same image facts, as
+    a file merely touched or rewritten as it was); otherwise it is refused. The image
+    keeps its own version and place: its pixels are then read from the whole file.
+    """
+    if not isinstance(image._source, Path):
+        raise DicomError(f"{image.name}: not a file, its header cannot be read again")
+    again = read(image._source)
+    if again._version != image._version and again.info != image.info:
+        was, now = image.info.sop_instance_uid, again.info.sop_instance_uid
+        what = (
+            f"(0008,0018) SOP Instance UID is now {now}, was {was}"
+            if now != was
+            else "its image attributes differ"
         )
+        raise DicomError(f"{image.name}: the file changed after its header was read ({what})")
     return again.dataset
 
 
