@@ -210,6 +210,26 @@ def test_8bit_values_at_every_alignment(
             assert not out_buffer[:start].any() and not out_buffer[start + n :].any()
 
 
+@pytest.mark.parametrize("table_dtype", ["int8", "bool"])
+@pytest.mark.parametrize("pairs", [False, True], ids=["bytes", "pairs"])
+def test_8bit_tables_of_any_byte_type(
+    table_dtype: str,
+    pairs: bool,
+    backend: str,
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A signed (or bool) one-byte table maps each byte alone: no sign spills over."""
+    monkeypatch.setattr(_kernels, "PAIRS_FROM", 0 if pairs else 1 << 62)
+    for dtype in ("uint8", "int8"):
+        img = make_image(dtype, (100, 64), rng)
+        base = int(np.iinfo(dtype).min)
+        table = rng.integers(-128, 128, 256).astype(table_dtype)
+        out = _kernels.map_values(table, img)
+        np.testing.assert_array_equal(out, table[img.astype(np.int64) - base])
+        assert out.dtype == np.dtype(table_dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("masked", [False, True])

@@ -228,18 +228,22 @@ def _count_byte_words(words: Any, h: Any, flip: int) -> None:
 
 @_jit()
 def _map_byte_words(words: Any, table: Any, out: Any, flip: int) -> None:
-    """``out = table[bit pattern ^ flip]`` for 8-bit values and output, a word at a time."""
+    """``out = table[bit pattern ^ flip]`` for 8-bit values and output, a word at a time.
+
+    Entries are taken as bytes (a signed entry would otherwise spill its sign into the
+    neighbouring bytes of the word).
+    """
     f = np.uint64(flip) * np.uint64(0x0101010101010101)
     for i in range(words.size):
         x = words[i] ^ f
-        y = np.uint64(table[x & _BYTE])
-        y |= np.uint64(table[(x >> np.uint64(8)) & _BYTE]) << np.uint64(8)
-        y |= np.uint64(table[(x >> np.uint64(16)) & _BYTE]) << np.uint64(16)
-        y |= np.uint64(table[(x >> np.uint64(24)) & _BYTE]) << np.uint64(24)
-        y |= np.uint64(table[(x >> np.uint64(32)) & _BYTE]) << np.uint64(32)
-        y |= np.uint64(table[(x >> np.uint64(40)) & _BYTE]) << np.uint64(40)
-        y |= np.uint64(table[(x >> np.uint64(48)) & _BYTE]) << np.uint64(48)
-        y |= np.uint64(table[x >> np.uint64(56)]) << np.uint64(56)
+        y = np.uint64(np.uint8(table[x & _BYTE]))
+        y |= np.uint64(np.uint8(table[(x >> np.uint64(8)) & _BYTE])) << np.uint64(8)
+        y |= np.uint64(np.uint8(table[(x >> np.uint64(16)) & _BYTE])) << np.uint64(16)
+        y |= np.uint64(np.uint8(table[(x >> np.uint64(24)) & _BYTE])) << np.uint64(24)
+        y |= np.uint64(np.uint8(table[(x >> np.uint64(32)) & _BYTE])) << np.uint64(32)
+        y |= np.uint64(np.uint8(table[(x >> np.uint64(40)) & _BYTE])) << np.uint64(40)
+        y |= np.uint64(np.uint8(table[(x >> np.uint64(48)) & _BYTE])) << np.uint64(48)
+        y |= np.uint64(np.uint8(table[x >> np.uint64(56)])) << np.uint64(56)
         out[i] = y
 
 
