@@ -72,6 +72,7 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
         monkeypatch.setattr(_kernels, "NUMPY_PIECE", 5)
         # 8-bit data by byte pairs (drained after every piece), at any size.
         monkeypatch.setattr(_kernels, "PAIRS_FROM", 0)
+        monkeypatch.setattr(_kernels, "COUNT_PAIRS_FROM", 0)
     yield str(request.param)
     pool.close()
 
@@ -175,6 +176,7 @@ def test_8bit_values_at_every_alignment(
     byte by byte and by byte pairs (counters of pairs, a table of pairs).
     """
     monkeypatch.setattr(_kernels, "PAIRS_FROM", 0 if pairs else 1 << 62)
+    monkeypatch.setattr(_kernels, "COUNT_PAIRS_FROM", 0 if pairs else 1 << 62)
     base = int(np.iinfo(dtype).min)
     flat = make_image(dtype, (3000,), rng)
     table = rng.integers(0, 256, 256).astype(np.uint8)

@@ -45,10 +45,15 @@ MAX_SPAN = 1 << 31
 #: The numpy bodies work on pieces of this many pixels, so that the index arrays numpy
 #: makes internally (8 bytes a pixel) stay small next to the image.
 NUMPY_PIECE = 1 << 18
-#: 8-bit images of at least this many pixels are counted and mapped by byte pairs (see
-#: medeq._jit.PAIRS): a third faster a pixel, for a fixed cost (folding 65536 pair
-#: counts, building the pair table) that smaller images do not repay.
+#: 8-bit images of at least this many pixels are mapped by byte pairs (see
+#: medeq._jit.PAIRS): a quarter to 40% faster from 512x512 on, whatever the content; the
+#: pair table costs about 10 us to build.
 PAIRS_FROM = 1 << 18
+#: ... and counted by byte pairs from this many pixels (1448x1448). Pair counters are
+#: 512 KiB a thread, folded at the end: on smooth images (radiographs) counting is 15-30%
+#: faster from about 2 Mpix on, at 1 Mpix no faster, and on noise that uses every pair
+#: 20-65% slower below 2 Mpix (docs/performance.md).
+COUNT_PAIRS_FROM = 1 << 21
 
 _UNSET: Any = object()
 _jit_module: Any = _UNSET
@@ -370,7 +375,7 @@ def value_counts(
     nbins = 1 << (8 * image.dtype.itemsize)
     # Pairs only for contiguous data (one long row): strided rows would take the single
     # counters for odd bytes, which a run of equal values slows down.
-    pairs = nbins == 256 and m is None and d.flags.c_contiguous and image.size >= PAIRS_FROM
+    pairs = nbins == 256 and m is None and d.flags.c_contiguous and image.size >= COUNT_PAIRS_FROM
     first, counts = _count(
         module, image.size, nbins, lambda h, *rest: module.count_raw(d, m, base, h, *rest), pairs
     )
