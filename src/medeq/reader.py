@@ -199,15 +199,19 @@ class DicomImage:
         """
         if self._version is None or not isinstance(self._source, Path):
             return self
-        image = DicomImage(None, self.info, self._source)
-        image._place, image._version = self._place, self._version
-        return image
+        return self._copy(None)
 
     def _with_stored(self, stored: NDArray[Any]) -> DicomImage:
         """A copy with these stored values (shaped as :attr:`stored`) and the same header."""
-        image = DicomImage(self._dataset, self.info, self._source)
-        image._place, image._version = self._place, self._version
+        image = self._copy(self._dataset)
         image._stored = stored
+        return image
+
+    def _copy(self, dataset: Dataset | None) -> DicomImage:
+        """The same file (info, source, version, where the header ends), with ``dataset``
+        as its header and no pixels."""
+        image = DicomImage(dataset, self.info, self._source)
+        image._place, image._version = self._place, self._version
         return image
 
     @property
