@@ -183,7 +183,8 @@ class Job:
 def _scanned(info: ImageInfo, place: Place | None) -> DicomImage:
     """A file the scan read, for its pixels only: its info and where its header ends.
 
-    The header stays in the main process (it is costly to send): the pixels need only these.
+    A first-pass task is sent only these (never a header, which with ``--jobs 1`` the
+    scanned image holds): reading the pixels in place needs no more.
     """
     image = DicomImage(pydicom.Dataset(), info, Path(str(info.path)))
     image._place = place
