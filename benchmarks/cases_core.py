@@ -216,6 +216,48 @@ def global_8bit(ctx: Context) -> CaseResult:
     return result
 
 
+def sizes_8bit(ctx: Context) -> CaseResult:
+    """8-bit images of common sizes (256x256 to 1024x1024): medeq against OpenCV."""
+    cv2 = _optional("cv2")
+    sides = [64, 256] if ctx.quick else [256, 512, 1024]
+    images = {side: radiograph_8bit(side, side, seed=side) for side in sides}
+    for img in images.values():
+        # Each path's compiled code is loaded on its first call: not part of a call's time
+        # (nor of the first call's, from which the harness sizes the number of runs).
+        medeq.equalize(img)
+    peers = []
+    for side, img in images.items():
+        peers.append(
+            Peer(f"medeq.equalize {side}x{side}", lambda img=img: medeq.equalize(img), img.size)
+        )
+        if cv2 is not None:
+            peers.append(
+                Peer(
+                    f"cv2.equalizeHist {side}x{side}",
+                    lambda img=img: cv2.equalizeHist(img),
+                    img.size,
+                )
+            )
+    timings = time_peers(peers, rounds=ctx.rounds, budget_s=ctx.budget_s)
+    result = CaseResult("sizes-8bit", "8-bit images of common sizes, global", 0)
+    for p in peers:
+        side = int(p.name.rsplit("x", 1)[1])
+        t, runs = timings[p.name]
+        base = timings[f"medeq.equalize {side}x{side}"][0]
+        result.rows.append(Row(p.name, t, p.pixels / t / 1e6, t / base, runs, p.note))
+    if cv2 is not None:
+        for side, img in images.items():
+            ratio = (
+                timings[f"medeq.equalize {side}x{side}"][0]
+                / timings[f"cv2.equalizeHist {side}x{side}"][0]
+            )
+            result.facts[f"{side}x{side}: medeq / cv2.equalizeHist"] = f"{ratio:.2f}"
+            result.facts[f"{side}x{side}: output == cv2.equalizeHist output"] = bool(
+                np.array_equal(medeq.equalize(img), cv2.equalizeHist(img))
+            )
+    return result
+
+
 def _volume_12bit(ctx: Context, signed: bool) -> CaseResult:
     slices, size = (16, 128) if ctx.quick else (64, 512)
     bins = 4096
@@ -271,6 +313,7 @@ def volume_12bit_int16(ctx: Context) -> CaseResult:
 CASES = {
     "bandwidth": bandwidth,
     "global-8bit": global_8bit,
+    "sizes-8bit": sizes_8bit,
     "volume-12bit-uint16": volume_12bit_uint16,
     "volume-12bit-int16": volume_12bit_int16,
 }

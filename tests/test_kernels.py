@@ -212,6 +212,84 @@ def test_8bit_values_at_every_alignment(
             assert not out_buffer[:start].any() and not out_buffer[start + n :].any()
 
 
+@st.composite
+def byte_images(draw: st.DrawFn) -> np.ndarray:
+    """uint8 images of few levels or many, in every layout the kernels walk."""
+    shape = draw(hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=40))
+    low = draw(st.integers(0, 255))
+    high = draw(st.integers(low, min(255, low + draw(st.sampled_from([0, 1, 3, 255])))))
+    return some_view(draw, draw(hnp.arrays(np.uint8, shape, elements=st.integers(low, high))))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    byte_images(),
+    st.sampled_from([None, 256]),
+    st.sampled_from([None, 2, 17, 256]),
+    st.sampled_from(["standard", "seed"]),
+    st.sampled_from(["serial", "serial-pairs", "parallel"]),
+)
+def test_uint8_in_one_call_equals_the_general_path(
+    img: np.ndarray, bins: int | None, levels: int | None, variant: str, path: str
+) -> None:
+    """Small uint8 images take one compiled call (count, LUT, map); larger ones have
+    their LUT made by the same code between the threaded count and map. Both give what
+    the general path gives, bit for bit, constant images included."""
+    if _kernels.jit() is None:
+        pytest.skip("numba kernels are unavailable")
+    general = medeq.core._equalize_counted(
+        img, bins, None, None, levels, medeq.core.Variant(variant)
+    )[0]
+    saved = _kernels.SERIAL_BELOW, _kernels.PAIRS_FROM, _kernels.MIN_CHUNK
+    try:
+        if path == "serial-pairs":
+            _kernels.PAIRS_FROM = 0
+        if path == "parallel":
+            _kernels.SERIAL_BELOW, _kernels.MIN_CHUNK = 0, 3
+        got = medeq.equalize(img, bins, levels=levels, variant=variant)
+    finally:
+        _kernels.SERIAL_BELOW, _kernels.PAIRS_FROM, _kernels.MIN_CHUNK = saved
+    assert got.dtype == general.dtype == np.uint8
+    assert got.shape == img.shape and got.flags.c_contiguous == general.flags.c_contiguous
+    np.testing.assert_array_equal(got, general)
+
+
+def test_uint8_in_one_call_is_opencv_and_leaves_other_cases_alone(
+    rng: np.random.Generator,
+) -> None:
+    cv2 = pytest.importorskip("cv2")
+    if _kernels.jit() is None:
+        pytest.skip("numba kernels are unavailable")
+    for shape in [(1, 1), (7, 9), (512, 512), (725, 725)]:  # serial, pairs, threads
+        img = make_image("uint8", shape, rng)
+        np.testing.assert_array_equal(medeq.equalize(img), cv2.equalizeHist(img))
+        np.testing.assert_array_equal(medeq.equalize(img, 256), cv2.equalizeHist(img))
+    # A single level: the standard formula hands the image back (as OpenCV does).
+    flat = np.full((30, 20), 77, np.uint8)
+    assert _kernels.equalize_bytes(flat, 256, False) is None
+    np.testing.assert_array_equal(medeq.equalize(flat), flat)
+    np.testing.assert_array_equal(medeq.equalize(flat, levels=2), np.zeros_like(flat))
+    # The seed formula has no such rule: every pixel gets round(1.0 * (L - 1)).
+    np.testing.assert_array_equal(medeq.equalize(flat, variant="seed"), flat * 0 + 255)
+    # Other bins or dtypes, masks, value ranges and levels above 256 go the general way.
+    img = make_image("uint8", (40, 30), rng)
+    for kwargs in [
+        {"bins": 5},
+        {"mask": img > 100},
+        {"value_range": (0, 200)},
+        {"levels": 4096},
+    ]:
+        general = medeq.core._equalize_counted(
+            img,
+            kwargs.get("bins"),
+            kwargs.get("value_range"),
+            kwargs.get("mask"),
+            kwargs.get("levels"),
+            medeq.core.Variant.STANDARD,
+        )[0]
+        np.testing.assert_array_equal(medeq.equalize(img, **kwargs), general)
+
+
 @pytest.mark.parametrize("table_dtype", ["int8", "bool"])
 @pytest.mark.parametrize("pairs", [False, True], ids=["bytes", "pairs"])
 def test_8bit_tables_of_any_byte_type(
@@ -385,7 +463,11 @@ def images(draw: st.DrawFn) -> np.ndarray:
         info = np.iinfo(dtype)
         elements = st.integers(max(int(info.min), -5000), min(int(info.max), 5000))
     shape = draw(hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=9))
-    img = draw(hnp.arrays(dtype, shape, elements=elements))
+    return some_view(draw, draw(hnp.arrays(dtype, shape, elements=elements)))
+
+
+def some_view(draw: st.DrawFn, img: np.ndarray) -> np.ndarray:
+    """``img`` as it is, transposed, or every other column (a strided view)."""
     view = draw(st.sampled_from(["C", "T", "step"]))
     if view == "T":
         return img.T

@@ -796,6 +796,65 @@ def map_float(
 
 
 @_jit()
+def byte_lut(counts: Any, levels: int, seed: bool, table: Any) -> bool:
+    """The equalization LUT of 8-bit values from their 256 ``counts``, into ``table``.
+
+    ``medeq.core._lut`` for one bin per level and ``levels`` <= 256, written out: the
+    standard formula in single precision as OpenCV evaluates it, the seed formula in
+    double. Levels below the darkest value present get entries no pixel uses. Returns
+    False, with ``table`` unwritten, when the standard formula meets a single non-empty
+    level (the image then comes back as it is). The tests hold it to the general path.
+    """
+    size = 0
+    for v in range(256):
+        size += counts[v]
+    top = levels - 1
+    if seed:
+        running = 0.0
+        for v in range(256):
+            running += counts[v] / size
+            table[v] = min(max(np.rint(running * top), 0.0), top)
+        return True
+    first = 0
+    while counts[first] == 0:
+        first += 1
+    cdf_min = counts[first]
+    if cdf_min == size:
+        return False
+    scale = np.float32(top) / np.float32(size - cdf_min)
+    cdf = 0
+    for v in range(256):
+        cdf += counts[v]
+        level = np.rint(np.float32(cdf - cdf_min) * scale)
+        table[v] = min(max(level, np.float32(0.0)), np.float32(top))
+    return True
+
+
+@_jit()
+def equalize_bytes(d: Any, levels: int, seed: bool, pairs: bool, out: Any) -> bool:
+    """Global equalization of unsigned 8-bit values ``d`` into ``out``, in one serial call.
+
+    Counting, :func:`byte_lut` and mapping (through byte pairs when ``pairs``) without a
+    return to Python in between. False, with ``out`` unwritten, when :func:`byte_lut` is.
+    """
+    size = d.size
+    h = np.zeros((NSUB, 256 + PAD), np.uint32)
+    _count_raw_chunk(d, None, 0, h, 0, size)
+    counts = np.zeros(256, np.int64)
+    drain(h, 0, counts)
+    table = np.empty(256, np.uint8)
+    if not byte_lut(counts, levels, seed, table):
+        return False
+    if pairs:
+        by_pair = np.empty(PAIRS, np.uint16)
+        pair_table(table, 0, by_pair)
+    else:
+        by_pair = np.empty(0, np.uint16)
+    _map_raw_chunk(d, table, by_pair, out, 0, 0, size)
+    return True
+
+
+@_jit()
 def min_max(
     d: Any,
     m: Any,

@@ -671,13 +671,37 @@ def equalize(
     if not isinstance(per_slice, (bool, np.bool_)):
         raise ParameterError(f"per_slice must be True or False, got {per_slice!r}")
     if not per_slice:
-        return _equalize_counted(arr, bins_, vr, m, levels_, var)[0]
+        return _equalized(arr, bins_, vr, m, levels_, var)
     if arr.ndim < 3:
         raise ParameterError(
             f"per_slice=True needs an array with at least 3 dimensions, got shape {arr.shape}"
         )
     slices = [
-        _equalize_counted(arr[i], bins_, vr, None if m is None else m[i], levels_, var)[0]
+        _equalized(arr[i], bins_, vr, None if m is None else m[i], levels_, var)
         for i in range(arr.shape[0])
     ]
     return np.stack(slices)
+
+
+def _equalized(
+    image: NDArray[Any],
+    bins: int | None,
+    value_range: tuple[float, float] | None,
+    mask: NDArray[np.bool_] | None,
+    levels: int | None,
+    variant: Variant,
+) -> NDArray[Any]:
+    """:func:`equalize` of one array (validated arguments); small uint8 images in one call."""
+    if (
+        image.dtype == np.uint8
+        and mask is None
+        and value_range is None
+        and bins in (None, 256)
+        and (levels is None or levels <= 256)
+    ):
+        # One bin per level over the data's range, or 256 bins over it (which keeps every
+        # level apart): both give each level the LUT entry of 256 bins over 0..255.
+        done = _kernels.equalize_bytes(image, levels or 256, variant is Variant.SEED)
+        if done is not None:
+            return done
+    return _equalize_counted(image, bins, value_range, mask, levels, variant)[0]
