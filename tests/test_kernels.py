@@ -213,28 +213,32 @@ def test_8bit_values_at_every_alignment(
 
 
 @st.composite
-def byte_images(draw: st.DrawFn) -> np.ndarray:
-    """uint8 images of few levels or many, in every layout the kernels walk."""
+def level_images(draw: st.DrawFn) -> np.ndarray:
+    """uint8, uint16 and int16 images of few values or many, in every layout."""
+    dtype = np.dtype(draw(st.sampled_from(["uint8", "uint16", "int16"])))
+    info = np.iinfo(dtype)
     shape = draw(hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=40))
-    low = draw(st.integers(0, 255))
-    high = draw(st.integers(low, min(255, low + draw(st.sampled_from([0, 1, 3, 255])))))
-    return some_view(draw, draw(hnp.arrays(np.uint8, shape, elements=st.integers(low, high))))
+    low = draw(st.integers(int(info.min), int(info.max)))
+    span = draw(st.sampled_from([0, 1, 3, 255, 4095, 65535]))
+    high = draw(st.integers(low, min(int(info.max), low + span)))
+    return some_view(draw, draw(hnp.arrays(dtype, shape, elements=st.integers(low, high))))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(
-    byte_images(),
+    level_images(),
     st.sampled_from([None, 256]),
-    st.sampled_from([None, 2, 17, 256]),
+    st.sampled_from([None, 2, 17, 256, 4096]),
     st.sampled_from(["standard", "seed"]),
     st.sampled_from(["serial", "serial-pairs", "parallel"]),
 )
-def test_uint8_in_one_call_equals_the_general_path(
+def test_short_path_equals_the_general_path(
     img: np.ndarray, bins: int | None, levels: int | None, variant: str, path: str
 ) -> None:
-    """Small uint8 images take one compiled call (count, LUT, map); larger ones have
-    their LUT made by the same code between the threaded count and map. Both give what
-    the general path gives, bit for bit, constant images included."""
+    """Unmasked 8/16-bit images with one bin per level: small ones take one compiled
+    call (count, LUT, map), larger ones have their LUT made by the same code between
+    the threaded count and map. Both give what the general path gives, bit for bit,
+    constant images included."""
     if _kernels.jit() is None:
         pytest.skip("numba kernels are unavailable")
     general = medeq.core._equalize_counted(
@@ -249,12 +253,12 @@ def test_uint8_in_one_call_equals_the_general_path(
         got = medeq.equalize(img, bins, levels=levels, variant=variant)
     finally:
         _kernels.SERIAL_BELOW, _kernels.PAIRS_FROM, _kernels.MIN_CHUNK = saved
-    assert got.dtype == general.dtype == np.uint8
+    assert got.dtype == general.dtype
     assert got.shape == img.shape and got.flags.c_contiguous == general.flags.c_contiguous
     np.testing.assert_array_equal(got, general)
 
 
-def test_uint8_in_one_call_is_opencv_and_leaves_other_cases_alone(
+def test_short_path_is_opencv_and_leaves_other_cases_alone(
     rng: np.random.Generator,
 ) -> None:
     cv2 = pytest.importorskip("cv2")
@@ -266,7 +270,8 @@ def test_uint8_in_one_call_is_opencv_and_leaves_other_cases_alone(
         np.testing.assert_array_equal(medeq.equalize(img, 256), cv2.equalizeHist(img))
     # A single level: the standard formula hands the image back (as OpenCV does).
     flat = np.full((30, 20), 77, np.uint8)
-    assert _kernels.equalize_bytes(flat, 256, False) is None
+    assert _kernels.equalize_levels(flat, 256, False) is None
+    assert _kernels.equalize_levels(flat.astype(np.int16), 65536, False) is None
     np.testing.assert_array_equal(medeq.equalize(flat), flat)
     np.testing.assert_array_equal(medeq.equalize(flat, levels=2), np.zeros_like(flat))
     # The seed formula has no such rule: every pixel gets round(1.0 * (L - 1)).

@@ -796,24 +796,27 @@ def map_float(
 
 
 @_jit()
-def byte_lut(counts: Any, levels: int, seed: bool, table: Any) -> bool:
-    """The equalization LUT of 8-bit values from their 256 ``counts``, into ``table``.
+def level_lut(counts: Any, levels: int, seed: bool, lut: Any) -> bool:
+    """The equalization LUT of integer values from the counts of consecutive values.
 
-    ``medeq.core._lut`` for one bin per level and ``levels`` <= 256, written out: the
-    standard formula in single precision as OpenCV evaluates it, the seed formula in
-    double. Levels below the darkest value present get entries no pixel uses. Returns
-    False, with ``table`` unwritten, when the standard formula meets a single non-empty
-    level (the image then comes back as it is). The tests hold it to the general path.
+    ``medeq.core._lut`` for one bin per level, written out for the one-call paths:
+    the standard formula in single precision for ``levels`` <= 256 (as OpenCV evaluates
+    it), in double precision above; the seed formula in double. ``lut`` (uint8 or
+    uint16, ``counts.size`` entries) is written. Empty bins before the first non-empty
+    one get entries no pixel uses. Returns False, with ``lut`` unwritten, when the
+    standard formula meets a single non-empty bin (the image then comes back as it is).
+    The tests hold this to the general path.
     """
+    n = counts.size
     size = 0
-    for v in range(256):
+    for v in range(n):
         size += counts[v]
     top = levels - 1
     if seed:
         running = 0.0
-        for v in range(256):
+        for v in range(n):
             running += counts[v] / size
-            table[v] = min(max(np.rint(running * top), 0.0), top)
+            lut[v] = min(max(np.rint(running * top), 0.0), top)
         return True
     first = 0
     while counts[first] == 0:
@@ -821,12 +824,19 @@ def byte_lut(counts: Any, levels: int, seed: bool, table: Any) -> bool:
     cdf_min = counts[first]
     if cdf_min == size:
         return False
-    scale = np.float32(top) / np.float32(size - cdf_min)
     cdf = 0
-    for v in range(256):
-        cdf += counts[v]
-        level = np.rint(np.float32(cdf - cdf_min) * scale)
-        table[v] = min(max(level, np.float32(0.0)), np.float32(top))
+    if levels <= 256:
+        scale = np.float32(top) / np.float32(size - cdf_min)
+        for v in range(n):
+            cdf += counts[v]
+            level32 = np.rint(np.float32(cdf - cdf_min) * scale)
+            lut[v] = min(max(level32, np.float32(0.0)), np.float32(top))
+    else:
+        denom = size - cdf_min
+        for v in range(n):
+            cdf += counts[v]
+            level = np.rint(np.float64(cdf - cdf_min) * top / denom)
+            lut[v] = min(max(level, 0.0), top)
     return True
 
 
@@ -834,16 +844,17 @@ def byte_lut(counts: Any, levels: int, seed: bool, table: Any) -> bool:
 def equalize_bytes(d: Any, levels: int, seed: bool, pairs: bool, out: Any) -> bool:
     """Global equalization of unsigned 8-bit values ``d`` into ``out``, in one serial call.
 
-    Counting, :func:`byte_lut` and mapping (through byte pairs when ``pairs``) without a
-    return to Python in between. False, with ``out`` unwritten, when :func:`byte_lut` is.
+    Counting, :func:`level_lut` and mapping (through byte pairs when ``pairs``: 8-bit
+    output only) without a return to Python in between. False, with ``out`` unwritten,
+    when :func:`level_lut` is.
     """
     size = d.size
     h = np.zeros((NSUB, 256 + PAD), np.uint32)
     _count_raw_chunk(d, None, 0, h, 0, size)
     counts = np.zeros(256, np.int64)
     drain(h, 0, counts)
-    table = np.empty(256, np.uint8)
-    if not byte_lut(counts, levels, seed, table):
+    table = np.empty(256, out.dtype)
+    if not level_lut(counts, levels, seed, table):
         return False
     if pairs:
         by_pair = np.empty(PAIRS, np.uint16)
@@ -851,6 +862,24 @@ def equalize_bytes(d: Any, levels: int, seed: bool, pairs: bool, out: Any) -> bo
     else:
         by_pair = np.empty(0, np.uint16)
     _map_raw_chunk(d, table, by_pair, out, 0, 0, size)
+    return True
+
+
+@_jit()
+def equalize_words(d: Any, base: int, levels: int, seed: bool, h: Any, out: Any) -> bool:
+    """:func:`equalize_bytes` for 16-bit values (bin ``k`` of ``h`` is value ``base + k``).
+
+    ``h``: zeroed sub-histograms of 65536 bins, left zeroed. The LUT covers the values
+    from the smallest to the largest present and maps them directly (no 65536-entry table).
+    """
+    size = d.size
+    first, last = _count_raw_chunk(d, None, base, h, 0, size)
+    counts = np.zeros(last - first + 1, np.int64)
+    drain(h, first, counts)
+    lut = np.empty(counts.size, out.dtype)
+    if not level_lut(counts, levels, seed, lut):
+        return False
+    _map_raw_chunk(d, lut, np.empty(0, np.uint16), out, base + first, 0, size)
     return True
 
 

@@ -683,6 +683,10 @@ def equalize(
     return np.stack(slices)
 
 
+#: Dtypes :func:`_equalized` may hand to the kernels' short path.
+_LEVEL_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int16))
+
+
 def _equalized(
     image: NDArray[Any],
     bins: int | None,
@@ -691,17 +695,22 @@ def _equalized(
     levels: int | None,
     variant: Variant,
 ) -> NDArray[Any]:
-    """:func:`equalize` of one array (validated arguments); small uint8 images in one call."""
+    """:func:`equalize` of one array (validated arguments).
+
+    Unmasked 8/16-bit data with one bin per level take the kernels' short path
+    (:func:`medeq._kernels.equalize_levels`): the same numbers with fewer steps.
+    """
     if (
-        image.dtype == np.uint8
+        image.dtype in _LEVEL_DTYPES
         and mask is None
         and value_range is None
-        and bins in (None, 256)
-        and (levels is None or levels <= 256)
+        and (bins is None or (bins == 256 and image.dtype == np.uint8))
     ):
-        # One bin per level over the data's range, or 256 bins over it (which keeps every
-        # level apart): both give each level the LUT entry of 256 bins over 0..255.
-        done = _kernels.equalize_bytes(image, levels or 256, variant is Variant.SEED)
+        # Without bins: one bin per level over the data's range. 256 bins over an 8-bit
+        # range keep every level apart: the same LUT entry for each level present.
+        out_levels = _output_levels(image.dtype, levels)
+        assert out_levels is not None
+        done = _kernels.equalize_levels(image, out_levels, variant is Variant.SEED)
         if done is not None:
             return done
     return _equalize_counted(image, bins, value_range, mask, levels, variant)[0]
