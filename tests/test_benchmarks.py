@@ -27,6 +27,7 @@ def test_quick_suite_runs_and_writes_json(tmp_path: Path) -> None:
     assert {
         "bandwidth",
         "global-8bit",
+        "sizes-8bit",
         "volume-12bit-uint16",
         "volume-12bit-int16",
         "clahe-16bit",
@@ -51,6 +52,8 @@ def test_quick_suite_runs_and_writes_json(tmp_path: Path) -> None:
     assert cases["clahe-16bit"]["facts"]["mean |medeq - cv2| / 65535 (cv2's bins and clip)"] < 0.01
     # The peers compute the same thing: parity is part of what the suite reports.
     assert cases["global-8bit"]["facts"]["medeq output == cv2.equalizeHist output"] is True
+    same = [v for k, v in cases["sizes-8bit"]["facts"].items() if "output ==" in k]
+    assert same == [True, True, True]
     for name in ("volume-12bit-uint16", "volume-12bit-int16"):
         assert cases[name]["facts"]["medeq output == numpy script output"] is True
         assert set(cases[name]["targets"]) == {

@@ -259,31 +259,48 @@ def test_short_path_equals_the_general_path(
 
 
 def test_short_path_is_opencv_and_leaves_other_cases_alone(
-    rng: np.random.Generator,
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cv2 = pytest.importorskip("cv2")
     if _kernels.jit() is None:
         pytest.skip("numba kernels are unavailable")
+    taken: list[bool] = []
+    short = _kernels.equalize_levels
+
+    def spy(*args: object) -> np.ndarray | None:
+        out = short(*args)  # type: ignore[arg-type]
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(_kernels, "equalize_levels", spy)
     for shape in [(1, 1), (7, 9), (512, 512), (725, 725)]:  # serial, pairs, threads
         img = make_image("uint8", shape, rng)
         np.testing.assert_array_equal(medeq.equalize(img), cv2.equalizeHist(img))
         np.testing.assert_array_equal(medeq.equalize(img, 256), cv2.equalizeHist(img))
+    assert taken == [False, False] + [True] * 6  # one pixel: a single level, handed back
+    # Single precision, as OpenCV: with value counts 1, 7, 7 the middle level is 127
+    # (double precision would give 128).
+    img = np.array([0] + [1] * 7 + [2] * 7, np.uint8).reshape(3, 5)
+    np.testing.assert_array_equal(medeq.equalize(img), cv2.equalizeHist(img))
+    assert medeq.equalize(img)[0, 1] == 127
     # A single level: the standard formula hands the image back (as OpenCV does).
+    taken.clear()
     flat = np.full((30, 20), 77, np.uint8)
-    assert _kernels.equalize_levels(flat, 256, False) is None
-    assert _kernels.equalize_levels(flat.astype(np.int16), 65536, False) is None
     np.testing.assert_array_equal(medeq.equalize(flat), flat)
     np.testing.assert_array_equal(medeq.equalize(flat, levels=2), np.zeros_like(flat))
+    assert _kernels.equalize_levels(flat.astype(np.int16), 65536, False) is None
+    assert taken == [False, False, False]
     # The seed formula has no such rule: every pixel gets round(1.0 * (L - 1)).
     np.testing.assert_array_equal(medeq.equalize(flat, variant="seed"), flat * 0 + 255)
-    # Other bins or dtypes, masks, value ranges and levels above 256 go the general way.
+    # Other bins, masks and value ranges go the general way; any levels the short one.
     img = make_image("uint8", (40, 30), rng)
-    for kwargs in [
-        {"bins": 5},
-        {"mask": img > 100},
-        {"value_range": (0, 200)},
-        {"levels": 4096},
+    for kwargs, short_path in [
+        ({"bins": 5}, False),
+        ({"mask": img > 100}, False),
+        ({"value_range": (0, 200)}, False),
+        ({"levels": 4096}, True),
     ]:
+        taken.clear()
         general = medeq.core._equalize_counted(
             img,
             kwargs.get("bins"),
@@ -293,6 +310,47 @@ def test_short_path_is_opencv_and_leaves_other_cases_alone(
             medeq.core.Variant.STANDARD,
         )[0]
         np.testing.assert_array_equal(medeq.equalize(img, **kwargs), general)
+        assert taken == ([True] if short_path else [])
+
+
+def test_level_lut_is_the_lut_formula(rng: np.random.Generator) -> None:
+    """The compiled LUT against medeq.core._lut, counts beyond float32's exact integers."""
+    module = _kernels.jit()
+    if module is None:
+        pytest.skip("numba kernels are unavailable")
+    for trial in range(3000):
+        n = int(rng.integers(2, 300))
+        counts = rng.integers(0, [8, 2**12, 2**25][trial % 3], n).astype(np.int64)
+        counts[0] = max(counts[0], 1)  # the general path's bins start at a value present
+        counts[-1] = max(counts[-1], 1)
+        levels = int(rng.choice([2, 3, 17, 255, 256, 257, 4096, 65536]))
+        for variant in medeq.core.Variant:
+            expected = medeq.core._lut(counts, levels, variant)
+            got = np.empty(n, expected.dtype)
+            if not module.level_lut(counts, levels, variant is medeq.core.Variant.SEED, got):
+                assert variant is medeq.core.Variant.STANDARD and np.count_nonzero(counts) == 1
+                continue
+            np.testing.assert_array_equal(got, expected, err_msg=f"{counts}, {levels}, {variant}")
+
+
+def test_short_path_counts_at_most_max_span_in_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One call counts in one piece, into uint32 counters: larger images on one thread
+    go the general way, which counts in pieces of MAX_SPAN."""
+    if _kernels.jit() is None:
+        pytest.skip("numba kernels are unavailable")
+    img = np.arange(2000, dtype=np.uint16).reshape(40, 50) % 300
+    monkeypatch.setattr(_kernels, "MAX_SPAN", 1000)
+    assert _kernels.equalize_levels(img, 65536, False) is None  # serial: too large
+    expected = medeq.core._equalize_counted(
+        img, None, None, None, None, medeq.core.Variant.STANDARD
+    )
+    np.testing.assert_array_equal(medeq.equalize(img), expected[0])
+    monkeypatch.setattr(_kernels, "SERIAL_BELOW", 0)
+    monkeypatch.setattr(_parallel, "_pool", _parallel.WorkSharing(2))
+    out = _kernels.equalize_levels(img, 65536, False)  # threaded: counted in pieces
+    assert out is not None
+    np.testing.assert_array_equal(out, expected[0])
+    _parallel.pool().close()
 
 
 @pytest.mark.parametrize("table_dtype", ["int8", "bool"])

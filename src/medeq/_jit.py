@@ -25,6 +25,12 @@ Conventions shared by every function here:
 
 Binning is written out here and in numpy in :mod:`medeq._kernels`; the tests hold the
 two to identical results.
+
+The exceptions are the one-call functions of the short path (``equalize_bytes``,
+``equalize_words``, ``level_lut``): they run on the calling thread alone, from counting
+to mapping, and hold the equalization LUT of :func:`medeq.core._lut` written out (the
+tests hold it to that function too). ``equalize_bytes`` allocates its own 256-bin
+counters; ``equalize_words`` is handed the reusable 65536-bin ones.
 """
 
 from __future__ import annotations

@@ -449,6 +449,9 @@ def equalize_levels(image: NDArray[Any], levels: int, seed: bool) -> NDArray[Any
     out_dtype = np.dtype(np.uint8 if levels <= 256 else np.uint16)
     base = dtype_limits(image.dtype)[0]
     if image.size < SERIAL_BELOW or _parallel.pool().threads == 1:
+        if image.size > MAX_SPAN:
+            # One call counts in one piece: beyond this its uint32 counters could wrap.
+            return None
         d, out = _map_layout(image, out_dtype)
         o = out.reshape(d.shape)
         if image.dtype.itemsize == 1:
@@ -574,7 +577,8 @@ def warm_up(dtypes: tuple[type[np.integer], ...] = (np.int16, np.uint16)) -> Non
     decodes files first) runs this on a background thread so that the second overlaps
     with its file work. With the numpy bodies selected this does nothing.
     """
-    if jit() is None:
+    module = jit()
+    if module is None:
         return
     pixels = SERIAL_BELOW + 1
     for dtype in dtypes:
@@ -583,3 +587,5 @@ def warm_up(dtypes: tuple[type[np.integer], ...] = (np.int16, np.uint16)) -> Non
         min_max(image, None)
         value_counts(image, None)
         map_values(np.zeros(hi - lo + 1, np.uint16), image)
+    for lut_dtype in (np.uint8, np.uint16):  # the LUT of equalize_levels' threaded path
+        module.level_lut(np.ones(2, np.int64), 256, False, np.empty(2, lut_dtype))

@@ -13,6 +13,7 @@ short queue, and survives workers that die: see its docstring.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import os
 import signal
@@ -142,6 +143,37 @@ def _worker_init() -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     quiet_unpickling()
+    keep_freed_memory()
+
+
+#: glibc's mallopt parameters, and the values set (its largest allowed mmap threshold).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_KEEP_FREE, _MAP_FROM = 64 << 20, 32 << 20
+
+
+def keep_freed_memory() -> bool:
+    """Have this process's allocator keep freed memory for reuse (glibc); True if set.
+
+    Writing a CT slice allocates and frees about 4.5 MB (pixels, an index array numpy
+    makes for a table lookup, the encoded file, the preview). glibc gives the top of its
+    heap back to the system whenever more than its trim threshold lies free there, and
+    maps blocks above its mmap threshold afresh each time; both thresholds start at
+    128 KiB and rise only as mapped blocks are freed, so whether a process pays depends
+    on what it happened to free before. A forked worker measured here faulted the same
+    1120 pages in again for every slice (about 3 ms of a 12 ms slice; the main process of
+    ``--jobs 1``, none). Set, blocks up to 32 MiB come from the heap and up to 64 MiB of
+    free heap is kept. Other C libraries are left alone.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MAP_FROM)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, _KEEP_FREE)
+    )
 
 
 def _end_workers(pool: Executor) -> None:
