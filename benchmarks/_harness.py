@@ -131,7 +131,8 @@ def time_peers(
 ) -> dict[str, tuple[float, int]]:
     """Median time (scaled) and run count of every peer, interleaved in blocks.
 
-    Every peer is called once first, untimed (compilation, caches). Then, round by
+    Every peer is called once first, untimed (compilation, caches), then once more, timed,
+    to size its number of runs (peers of at most three runs skip it). Then, round by
     round, each peer runs ``block`` calls in a row; the order of the peers rotates from
     round to round. Blocks rather than single calls: libraries with thread pools (OpenCV,
     medeq) leave their helper threads spinning or waking for a moment after a call,
@@ -140,16 +141,22 @@ def time_peers(
     ``min_runs`` (and never more than its ``max_runs``).
     """
     runs: dict[str, int] = {}
+    times: dict[str, list[float]] = {p.name: [] for p in peers}
     for peer in peers:
-        if peer.before is not None:
-            peer.before()
-        start = time.perf_counter()
-        peer.call()
-        first = time.perf_counter() - start
-        fit = int(budget_s / max(first, 1e-9))
+        took = []
+        for _ in range(1 if peer.max_runs is not None and peer.max_runs <= 3 else 2):
+            if peer.before is not None:
+                peer.before()
+            start = time.perf_counter()
+            peer.call()
+            took.append(time.perf_counter() - start)
+        if len(took) == 2:
+            # The second call sizes the runs (a first call may load code or fill caches,
+            # and would leave a peer that is fast afterwards with too few runs) and counts.
+            times[peer.name].append(took[1] * peer.scale)
+        fit = int(budget_s / max(took[-1], 1e-9))
         n = max(min_runs, min(rounds, fit))
         runs[peer.name] = n if peer.max_runs is None else min(n, peer.max_runs)
-    times: dict[str, list[float]] = {p.name: [] for p in peers}
     r = 0
     while any(len(times[p.name]) < runs[p.name] for p in peers):
         order = peers[r % len(peers) :] + peers[: r % len(peers)]
