@@ -86,13 +86,17 @@ class _Runs:
         self.root = root
         self.count = 0
 
-    def call(self, command: Callable[[Path], list[str]]) -> Callable[[], object]:
+    def peer(
+        self, name: str, command: Callable[[Path], list[str]], pixels: int, note: str = ""
+    ) -> Peer:
+        """A peer that runs ``command(output folder)``, the previous outputs settled first."""
+
         def run() -> None:
             self.count += 1
             out = self.root / f"out{self.count}"
             subprocess.run(command(out), check=True, stdout=subprocess.DEVNULL, env=child_env())
 
-        return run
+        return Peer(name, run, pixels, note=note, before=self.settle)
 
     def settle(self) -> None:
         for out in self.root.glob("out*"):
@@ -110,38 +114,33 @@ def series_convert(ctx: Context) -> CaseResult:
         runs = _Runs(Path(tmp))
         pixels = slices * SIDE * SIDE
         peers = [
-            Peer(
+            runs.peer(
                 "medeq convert --jobs 1",
-                runs.call(lambda o: _medeq(str(src), "-o", str(o), "--jobs", "1")),
+                lambda o: _medeq(str(src), "-o", str(o), "--jobs", "1"),
                 pixels,
-                before=runs.settle,
             ),
-            Peer(
+            runs.peer(
                 "medeq convert --jobs 2",
-                runs.call(lambda o: _medeq(str(src), "-o", str(o), "--jobs", "2")),
+                lambda o: _medeq(str(src), "-o", str(o), "--jobs", "2"),
                 pixels,
-                before=runs.settle,
             ),
-            Peer(
+            runs.peer(
                 "medeq convert --jobs 1 --no-sync",
-                runs.call(lambda o: _medeq(str(src), "-o", str(o), "--jobs", "1", "--no-sync")),
+                lambda o: _medeq(str(src), "-o", str(o), "--jobs", "1", "--no-sync"),
                 pixels,
                 note="outputs not flushed to disk at the end (neither are the scripts')",
-                before=runs.settle,
             ),
-            Peer(
+            runs.peer(
                 "naive script",
-                runs.call(lambda o: _peers_script("naive", str(src), str(o))),
+                lambda o: _peers_script("naive", str(src), str(o)),
                 pixels,
                 note="pydicom read, skimage equalize_hist, new UIDs, save, Pillow JPEG",
-                before=runs.settle,
             ),
-            Peer(
+            runs.peer(
                 "floor: pydicom read + write",
-                runs.call(lambda o: _peers_script("floor", str(src), str(o))),
+                lambda o: _peers_script("floor", str(src), str(o)),
                 pixels,
                 note="decode and write the same pixels, no processing",
-                before=runs.settle,
             ),
         ]
         timings = time_peers(peers, rounds=ctx.rounds, budget_s=ctx.budget_s, block=1)

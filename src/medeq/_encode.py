@@ -32,7 +32,9 @@ from pydicom.filewriter import (
 from pydicom.multival import MultiValue
 from pydicom.tag import _LUT_DESCRIPTOR_TAGS, BaseTag, tag_in_exception
 from pydicom.uid import UID
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, EXPLICIT_VR_LENGTH_32, STANDARD_VR
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, STANDARD_VR
+
+from ._filewalk import LONG_VRS
 
 __all__ = ["copy_elements", "copy_file_meta", "encode_file"]
 
@@ -48,7 +50,7 @@ _PIXEL_DATA = 0x7FE00010
 #: an element below it (groups 0000-0002) goes to pydicom's writer.
 _NO_META = 0x00030000
 #: Explicit VRs with a 32-bit and a 16-bit length, as written.
-_LONG_VRS = {str(vr): str(vr).encode() for vr in EXPLICIT_VR_LENGTH_32}
+_LONG_VRS = {vr.decode(): vr for vr in LONG_VRS}
 _SHORT_VRS = {str(vr): str(vr).encode() for vr in EXPLICIT_VR_LENGTH_16}
 _NUMBERS = {
     "US": "H",

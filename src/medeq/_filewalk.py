@@ -12,6 +12,7 @@ from typing import BinaryIO, cast
 
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 __all__ = [
     "LONG_VRS",
@@ -30,11 +31,9 @@ UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 #: Where a header read with ``stop_before_pixels`` stops.
 PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
-#: Explicit VRs with a 4-byte length (PS3.5 Table 7.1-1).
-LONG_VRS = frozenset(
-    vr.encode()
-    for vr in ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV")
-)
+#: Explicit VRs with a 4-byte length (PS3.5 Table 7.1-1), as pydicom lists them: the
+#: reader, the walker and the encoder take them from here.
+LONG_VRS = frozenset(str(vr).encode() for vr in EXPLICIT_VR_LENGTH_32)
 
 
 class Skipper:
