@@ -435,7 +435,7 @@ def equalize_levels(image: NDArray[Any], levels: int, seed: bool) -> NDArray[Any
 
     The general path (:mod:`medeq.core`) makes a dozen numpy calls on the counts and a
     table of every value between its kernels: about 90 us a call for 8-bit data and
-    110-200 us for 16-bit, which on a 512x512 image is a third of the time. Here an image
+    110-220 us for 16-bit, which on a 512x512 image is a third of the time. Here an image
     the calling thread does alone (fewer than ``SERIAL_BELOW`` pixels, or one thread)
     is counted, given its LUT and mapped in one compiled call; a larger one is counted
     and mapped on all threads, its LUT made in between by the same compiled code
