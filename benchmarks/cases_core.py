@@ -227,7 +227,7 @@ def sizes_8bit(ctx: Context) -> CaseResult:
     images = {side: radiograph_8bit(side, side, seed=side) for side in sides}
     for img in images.values():
         # Each path's compiled code is loaded on its first call: not part of a call's time,
-        # nor of the harness's untimed first call, from which it sizes the number of runs.
+        # nor of the harness's first calls (the second of which sizes the number of runs).
         medeq.equalize(img)
     peers = []
     for side, img in images.items():
