@@ -288,7 +288,9 @@ def test_short_path_is_opencv_and_leaves_other_cases_alone(
     flat = np.full((30, 20), 77, np.uint8)
     np.testing.assert_array_equal(medeq.equalize(flat), flat)
     np.testing.assert_array_equal(medeq.equalize(flat, levels=2), np.zeros_like(flat))
-    assert _kernels.equalize_levels(flat.astype(np.int16), 65536, False) is None
+    assert (
+        _kernels.equalize_levels(flat.astype(np.int16), 65536, np.dtype(np.uint16), False) is None
+    )
     assert taken == [False, False, False]
     # The seed formula has no such rule: every pixel gets round(1.0 * (L - 1)).
     np.testing.assert_array_equal(medeq.equalize(flat, variant="seed"), flat * 0 + 255)
@@ -340,14 +342,18 @@ def test_short_path_counts_at_most_max_span_in_one_call(monkeypatch: pytest.Monk
         pytest.skip("numba kernels are unavailable")
     img = np.arange(2000, dtype=np.uint16).reshape(40, 50) % 300
     monkeypatch.setattr(_kernels, "MAX_SPAN", 1000)
-    assert _kernels.equalize_levels(img, 65536, False) is None  # serial: too large
+    assert (
+        _kernels.equalize_levels(img, 65536, np.dtype(np.uint16), False) is None
+    )  # serial: too large
     expected = medeq.core._equalize_counted(
         img, None, None, None, None, medeq.core.Variant.STANDARD
     )
     np.testing.assert_array_equal(medeq.equalize(img), expected[0])
     monkeypatch.setattr(_kernels, "SERIAL_BELOW", 0)
     monkeypatch.setattr(_parallel, "_pool", _parallel.WorkSharing(2))
-    out = _kernels.equalize_levels(img, 65536, False)  # threaded: counted in pieces
+    out = _kernels.equalize_levels(
+        img, 65536, np.dtype(np.uint16), False
+    )  # threaded: counted in pieces
     assert out is not None
     np.testing.assert_array_equal(out, expected[0])
     _parallel.pool().close()

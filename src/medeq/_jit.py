@@ -26,11 +26,10 @@ Conventions shared by every function here:
 Binning is written out here and in numpy in :mod:`medeq._kernels`; the tests hold the
 two to identical results.
 
-The exceptions are the one-call functions of the short path (``equalize_bytes``,
-``equalize_words``, ``level_lut``): they run on the calling thread alone, from counting
-to mapping, and hold the equalization LUT of :func:`medeq.core._lut` written out (the
-tests hold it to that function too). ``equalize_bytes`` allocates its own 256-bin
-counters; ``equalize_words`` is handed the reusable 65536-bin ones.
+The exceptions are the functions of the short path (``equalize_values``, ``level_lut``):
+they run on the calling thread alone, from counting to mapping, and hold the
+equalization LUT of :func:`medeq.core._lut` written out (the tests hold it to that
+function too).
 """
 
 from __future__ import annotations
@@ -847,45 +846,35 @@ def level_lut(counts: Any, levels: int, seed: bool, lut: Any) -> bool:
 
 
 @_jit()
-def equalize_bytes(d: Any, levels: int, seed: bool, pairs: bool, out: Any) -> bool:
-    """Global equalization of unsigned 8-bit values ``d`` into ``out``, in one serial call.
+def equalize_values(
+    d: Any, base: int, levels: int, seed: bool, pairs: bool, h: Any, out: Any
+) -> bool:
+    """Global equalization of 8/16-bit values ``d`` into ``out``, in one serial call.
 
-    Counting, :func:`level_lut` and mapping (through byte pairs when ``pairs``: 8-bit
-    output only) without a return to Python in between. False, with ``out`` unwritten,
-    when :func:`level_lut` is.
+    Counting (bin ``k`` of ``h`` is value ``base + k``), :func:`level_lut` over the
+    values from the smallest to the largest present, and mapping through that LUT (8-bit
+    data: through byte pairs when ``pairs``; 8-bit output only), without a return to
+    Python in between. ``h``: zeroed sub-histograms of the dtype's bins, left zeroed;
+    empty for 8-bit data, whose 256 bins are cheaper made here than fetched from the
+    caller's cache. False, with ``out`` unwritten, when :func:`level_lut` is.
     """
     size = d.size
-    h = np.zeros((NSUB, 256 + PAD), np.uint32)
-    _count_raw_chunk(d, None, 0, h, 0, size)
-    counts = np.zeros(256, np.int64)
-    drain(h, 0, counts)
-    table = np.empty(256, out.dtype)
-    if not level_lut(counts, levels, seed, table):
-        return False
-    if pairs:
-        by_pair = np.empty(PAIRS, np.uint16)
-        pair_table(table, 0, by_pair)
-    else:
-        by_pair = np.empty(0, np.uint16)
-    _map_raw_chunk(d, table, by_pair, out, 0, 0, size)
-    return True
-
-
-@_jit()
-def equalize_words(d: Any, base: int, levels: int, seed: bool, h: Any, out: Any) -> bool:
-    """:func:`equalize_bytes` for 16-bit values (bin ``k`` of ``h`` is value ``base + k``).
-
-    ``h``: zeroed sub-histograms of 65536 bins, left zeroed. The LUT covers the values
-    from the smallest to the largest present and maps them directly (no 65536-entry table).
-    """
-    size = d.size
+    if h.size == 0:
+        h = np.zeros((NSUB, 256 + PAD), np.uint32)
     first, last = _count_raw_chunk(d, None, base, h, 0, size)
     counts = np.zeros(last - first + 1, np.int64)
     drain(h, first, counts)
     lut = np.empty(counts.size, out.dtype)
     if not level_lut(counts, levels, seed, lut):
         return False
-    _map_raw_chunk(d, lut, np.empty(0, np.uint16), out, base + first, 0, size)
+    if pairs:
+        # Only unsigned 8-bit data (base 0) go by pairs: counted over all 256 values, the
+        # LUT has an entry for each. A constant flip lets the table be built as copies.
+        by_pair = np.empty(PAIRS, np.uint16)
+        pair_table(lut, 0, by_pair)
+    else:
+        by_pair = np.empty(0, np.uint16)
+    _map_raw_chunk(d, lut, by_pair, out, base + first, 0, size)
     return True
 
 

@@ -410,13 +410,7 @@ def _map_raw(
     d, out = _map_layout(image, table.dtype)
     o = out.reshape(d.shape)
     pairs = _NO_PAIRS
-    if (
-        image.dtype.itemsize == 1
-        and table.dtype.itemsize == 1
-        and table.size == 256
-        and d.flags.c_contiguous  # rows of strided data are mapped byte by byte
-        and image.size >= PAIRS_FROM
-    ):
+    if table.size == 256 and _by_pairs(d, table.dtype):
         pairs = np.empty(module.PAIRS, np.uint16)
         module.pair_table(table, -base, pairs)
     _share(
@@ -426,40 +420,53 @@ def _map_raw(
     return out
 
 
+def _by_pairs(d: NDArray[Any], out_dtype: np.dtype[Any]) -> bool:
+    """Whether the kernels map ``d`` (their 3-D view of an image) by byte pairs."""
+    return (
+        d.itemsize == 1
+        and out_dtype.itemsize == 1
+        and d.flags.c_contiguous  # rows of strided data are mapped byte by byte
+        and d.size >= PAIRS_FROM
+    )
+
+
 #: ``map_raw``'s pair table when it maps without one.
 _NO_PAIRS = np.empty(0, np.uint16)
+#: ``equalize_values``' counters for 8-bit data, which it makes itself.
+_NO_COUNTERS = np.empty((1, 0, 0), np.uint32)
 
 
-def equalize_levels(image: NDArray[Any], levels: int, seed: bool) -> NDArray[Any] | None:
+def equalize_levels(
+    image: NDArray[Any], levels: int, out_dtype: np.dtype[Any], seed: bool
+) -> NDArray[Any] | None:
     """Global equalization, one bin per level, of unmasked uint8, uint16 or int16 data.
 
     The general path (:mod:`medeq.core`) makes a dozen numpy calls on the counts and a
     table of every value between its kernels: about 90 us a call for 8-bit data and
     110-220 us for 16-bit, which on a 512x512 image is a third of the time. Here an image
     the calling thread does alone (fewer than ``SERIAL_BELOW`` pixels, or one thread)
-    is counted, given its LUT and mapped in one compiled call; a larger one is counted
-    and mapped on all threads, its LUT made in between by the same compiled code
-    (``medeq._jit.level_lut``). Output uint8 for ``levels`` <= 256, else uint16. None
-    when the kernels are not loaded, or when a single level is present and the standard
-    formula applies (the general path then hands the image back as it is).
+    is counted, given its LUT and mapped in one compiled call
+    (``medeq._jit.equalize_values``); a larger one is counted and mapped on all threads,
+    its LUT made in between by the same compiled code (``medeq._jit.level_lut``). The
+    output has ``out_dtype`` (the LUT's, which ``levels`` decides). None when the kernels
+    are not loaded, or when a single level is present and the standard formula applies
+    (the general path then hands the image back as it is).
     """
     module = jit()
     if module is None:
         return None
-    out_dtype = np.dtype(np.uint8 if levels <= 256 else np.uint16)
     base = dtype_limits(image.dtype)[0]
     if image.size < SERIAL_BELOW or _parallel.pool().threads == 1:
         if image.size > MAX_SPAN:
             # One call counts in one piece: beyond this its uint32 counters could wrap.
             return None
         d, out = _map_layout(image, out_dtype)
-        o = out.reshape(d.shape)
-        if image.dtype.itemsize == 1:
-            pairs = out_dtype.itemsize == 1 and d.flags.c_contiguous and image.size >= PAIRS_FROM
-            done = module.equalize_bytes(d, levels, seed, pairs, o)
-        else:
-            h = _sub_histograms(1, 65536)
-            done = module.equalize_words(d, base, levels, seed, h[0], o)
+        words = image.dtype.itemsize == 2
+        h = _sub_histograms(1, 65536) if words else _NO_COUNTERS
+        done = module.equalize_values(
+            d, base, levels, seed, _by_pairs(d, out_dtype), h[0], out.reshape(d.shape)
+        )
+        if words:
             _keep(h)
         return out if done else None
     first, counts = value_counts(image, None)

@@ -710,7 +710,9 @@ def _equalized(
         # range keep every level apart: the same LUT entry for each level present.
         out_levels = _output_levels(image.dtype, levels)
         assert out_levels is not None
-        done = _kernels.equalize_levels(image, out_levels, variant is Variant.SEED)
+        done = _kernels.equalize_levels(
+            image, out_levels, _lut_dtype(out_levels), variant is Variant.SEED
+        )
         if done is not None:
             return done
     return _equalize_counted(image, bins, value_range, mask, levels, variant)[0]
