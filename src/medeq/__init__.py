@@ -7,26 +7,38 @@ for figures) loads on first use, so `import medeq` and the worker processes of
 `medeq convert` stay quick.
 """
 
-from .clahe import clahe
-from .convert import FileResult, Report, convert
-from .core import Variant, equalization_lut, equalize, histogram
-from .enhance import Derived, Method, Quality, enhance
-from .errors import (
-    CorruptPixelDataError,
-    DicomError,
-    MedeqError,
-    NotDicomError,
-    OutputError,
-    ParameterError,
-    SeriesError,
-    UnsupportedImageError,
-)
-from .mask import foreground_mask
-from .normalize import Normalized, Preset, modality_values, normalize
-from .preview import plot_comparison, preview
-from .reader import DicomImage, ImageInfo, Window, read, read_info
-from .series import Series, read_series
-from .writer import TransferSyntax, write
+import gc as _gc
+
+# Importing medeq (numpy, pydicom and its codecs) makes some 40,000 objects
+# that live as long as the process; the collections during the imports walk them
+# again and again (about 15 ms). Collections resume once medeq is imported.
+_collecting = _gc.isenabled()
+_gc.disable()
+
+try:
+    from .clahe import clahe
+    from .convert import FileResult, Report, convert
+    from .core import Variant, equalization_lut, equalize, histogram
+    from .enhance import Derived, Method, Quality, enhance
+    from .errors import (
+        CorruptPixelDataError,
+        DicomError,
+        MedeqError,
+        NotDicomError,
+        OutputError,
+        ParameterError,
+        SeriesError,
+        UnsupportedImageError,
+    )
+    from .mask import foreground_mask
+    from .normalize import Normalized, Preset, modality_values, normalize
+    from .preview import plot_comparison, preview
+    from .reader import DicomImage, ImageInfo, Window, read, read_info
+    from .series import Series, read_series
+    from .writer import TransferSyntax, write
+finally:
+    if _collecting:
+        _gc.enable()
 
 __version__ = "0.1.0"
 

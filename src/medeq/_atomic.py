@@ -28,18 +28,24 @@ from .errors import OutputError
 
 PART_SUFFIX = ".part"
 _umask: int | None = None
-_deferred = False
+
+
+class _Deferral(threading.local):
+    on = False
+
+
+_deferral = _Deferral()
 
 
 @contextlib.contextmanager
 def deferred_sync() -> Iterator[None]:
-    """Atomic writes in this block skip the flush; the caller flushes (see Flusher)."""
-    global _deferred
-    before, _deferred = _deferred, True
+    """Atomic writes in this block (in this thread) skip the flush; the caller flushes
+    (see Flusher)."""
+    before, _deferral.on = _deferral.on, True
     try:
         yield
     finally:
-        _deferred = before
+        _deferral.on = before
 
 
 class Flusher:
@@ -123,7 +129,7 @@ def atomic_write(
             f.flush()
             # A file that replaces another is flushed before the rename even in a batch:
             # a power cut then leaves the old file or the new one, never a cut one.
-            if not _deferred or (overwrite and path.exists()):
+            if not _deferral.on or (overwrite and path.exists()):
                 os.fsync(f.fileno())
         if overwrite:
             os.replace(tmp, path)

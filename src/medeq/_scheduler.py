@@ -22,7 +22,14 @@ import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Inline",
+    "Later",
     "Scheduler",
     "Task",
     "native_stderr_silenced",
@@ -111,18 +119,47 @@ def read_headers(files: list[str], keep: bool = True) -> list[DicomImage | str]:
     return images
 
 
+@dataclass(frozen=True)
+class Later:
+    """What a task returns in place of its outcome to finish on :class:`Inline`'s thread.
+
+    ``finish()`` gives the outcome; the task's future completes when it has run.
+    """
+
+    finish: Callable[[], Any]
+
+
 class Inline(Executor):
-    """Runs each task at once in this process (``jobs=1``)."""
+    """Runs each task at once in this process (``jobs=1``).
+
+    A task may return :class:`Later`: the rest of its work then runs on one thread of
+    this executor, in the order handed over, while this process goes on with the next
+    task. That rest must spend most of its time where Python lets other threads run
+    (writing files, encoding a JPEG), or the two threads only take turns.
+    """
+
+    def __init__(self) -> None:
+        self._thread: ThreadPoolExecutor | None = None
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         future: Future[Any] = Future()
         try:
-            future.set_result(fn(*args, **kwargs))
+            outcome = fn(*args, **kwargs)
         except BaseException as exc:
             future.set_exception(exc)
             if isinstance(exc, KeyboardInterrupt):
                 raise
+            return future
+        if isinstance(outcome, Later):
+            if self._thread is None:
+                self._thread = ThreadPoolExecutor(1, thread_name_prefix="medeq-finish")
+            return self._thread.submit(outcome.finish)
+        future.set_result(outcome)
         return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if self._thread is not None:
+            self._thread.shutdown(wait, cancel_futures=cancel_futures)
 
 
 def quiet_unpickling() -> None:
@@ -280,7 +317,8 @@ class Scheduler:
                     continue
                 finished, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
                 crashed: list[Task] = []
-                for future in finished:
+                # In the order submitted: a finished set's order is arbitrary.
+                for future in [f for f in self.pending if f in finished]:
                     task = self.pending.pop(future)
                     try:
                         outcome = future.result()
@@ -311,7 +349,7 @@ class Scheduler:
         # Ended first, so that the pool fails its futures as broken; cancelling them
         # first would kill its manager thread instead (see scan).
         _end_workers(self.pool)
-        self.pool.shutdown(wait=False)
+        self.pool.shutdown(wait=False, cancel_futures=isinstance(self.pool, Inline))
 
     def close(self) -> None:
         """Shut the pool down, waiting for its processes (unless a failure already did)."""

@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 
 from . import _atomic, _kernels, core
 from ._filewalk import Place
-from ._scheduler import Scheduler, Task, native_stderr_silenced
+from ._scheduler import Later, Scheduler, Task, native_stderr_silenced
 from ._slicewise import (
     CountedEqualization,
     SliceCounts,
@@ -61,7 +61,7 @@ from .reader import (
     read_whole,
 )
 from .series import Series, _make_series, find_dicom_files
-from .writer import TransferSyntax, derive_header, derived_uid, sidecar, write_image
+from .writer import TransferSyntax, derive_header, derived_uid, encode_image, sidecar
 
 __all__ = ["FileResult", "Report", "convert"]
 
@@ -290,8 +290,12 @@ def _counted_write_task(
     overwrite: bool,
     window: tuple[float, float] | None,
     quiet: bool,
-) -> tuple[list[str], str | None]:
-    """Decode, normalise and map one slice, then write it with its derived header."""
+) -> tuple[list[str], str | None] | Later:
+    """Decode, normalise and map one slice, then write it with its derived header.
+
+    In this process (``source`` the scanned image) the files are written later, on the
+    executor's thread (:func:`_write_task`).
+    """
     try:
         with native_stderr_silenced(quiet):
             image, values = _slice_values(source, sop_uid, counted.plan)
@@ -301,7 +305,8 @@ def _counted_write_task(
         pixels = counted.map(image, values)
     except ParameterError as exc:  # other values than the first pass counted
         return [], f"{image.name}: changed during the conversion ({exc})"
-    return _write_task(image, counted.header_options, pixels, target, ts, overwrite, window)
+    later = isinstance(source, DicomImage)
+    return _write_task(image, counted.header_options, pixels, target, ts, overwrite, window, later)
 
 
 def _write_task(
@@ -312,13 +317,18 @@ def _write_task(
     ts: TransferSyntax,
     overwrite: bool,
     window: tuple[float, float] | None,
-) -> tuple[list[str], str | None]:
+    later: bool = False,
+) -> tuple[list[str], str | None] | Later:
+    """Derive the header, encode and write one image (and its preview).
+
+    ``later`` (in this process only): the files are written on the executor's thread
+    (:class:`medeq._scheduler.Later`) while this process prepares the next image.
+    """
     try:
         # The source's own flaws (an invalid UID it refers to) make pydicom warn as they
-        # are copied: a debug log line, not noise on a batch's standard error. The run
-        # flushes the files to disk (convert's Flusher), not the writer.
-        with logged_warnings(source.name), _atomic.deferred_sync():
-            written = write_image(
+        # are copied: a debug log line, not noise on a batch's standard error.
+        with logged_warnings(source.name):
+            finish = encode_image(
                 derive_header(source, **header_options),
                 pixels,
                 Path(path),
@@ -326,7 +336,16 @@ def _write_task(
                 overwrite=overwrite,
                 preview_window=window,
             )
-        return [str(p) for p in written], None
+    except MedeqError as exc:
+        return [], str(exc)
+    return Later(lambda: _finished(finish)) if later else _finished(finish)
+
+
+def _finished(finish: Callable[[], list[Path]]) -> tuple[list[str], str | None]:
+    """Write the files; the run flushes them to disk (convert's Flusher), not the writer."""
+    try:
+        with _atomic.deferred_sync():
+            return [str(p) for p in finish()], None
     except MedeqError as exc:
         return [], str(exc)
 
@@ -860,6 +879,7 @@ def _equalize_job(
             settings.transfer_syntax,
             settings.overwrite,
             window,
+            settings.in_process,
         )
         return _write_task, args
 

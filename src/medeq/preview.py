@@ -13,7 +13,7 @@ import io
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -142,15 +142,30 @@ def preview(
     return _save_jpeg(picture, Path(path), size, quality, overwrite)
 
 
-class _JpegBuffer(io.BytesIO):
-    """An in-memory file whose name tells Pillow the format.
+class _JpegFile:
+    """The file a JPEG is written to, named so that Pillow knows the format.
 
     Given ``format="JPEG"``, Pillow first imports its five common image plugins (BMP's
     pulls in its colour tables: some 30 ms in every new process); given a file name it
-    imports the one plugin for the extension.
+    imports the one plugin for the extension. The file itself is the real one: Pillow
+    then encodes straight into its descriptor with the GIL released (into a Python
+    file-like object it holds the GIL throughout), so a preview can be encoded on a
+    thread while the conversion goes on.
     """
 
     name = "preview.jpg"
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def write(self, data: bytes) -> int:
+        return self._file.write(data)
+
+    def flush(self) -> None:
+        self._file.flush()
 
 
 def _save_jpeg(
@@ -165,9 +180,10 @@ def _save_jpeg(
             (max(1, round(img.width * scale)), max(1, round(img.height * scale))),
             Image.Resampling.LANCZOS,
         )
-    buffer = _JpegBuffer()
-    img.save(buffer, quality=quality)
-    _atomic.atomic_write(path, lambda f: f.write(buffer.getvalue()), overwrite=overwrite)
+    # The wrapper has what Pillow uses of a file (its name, descriptor, write, flush).
+    _atomic.atomic_write(
+        path, lambda f: img.save(cast(BinaryIO, _JpegFile(f)), quality=quality), overwrite=overwrite
+    )
     return path
 
 

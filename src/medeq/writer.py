@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from io import BytesIO
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -54,6 +54,7 @@ __all__ = [
     "TransferSyntax",
     "derive_header",
     "derived_uid",
+    "encode_image",
     "sidecar",
     "write",
     "write_dataset",
@@ -825,18 +826,49 @@ def write_image(
 
     Returns the files written: the DICOM file, then the preview if any.
     """
+    return encode_image(
+        header,
+        pixels,
+        path,
+        transfer_syntax=transfer_syntax,
+        overwrite=overwrite,
+        preview_window=preview_window,
+    )()
+
+
+def encode_image(
+    header: Dataset,
+    pixels: NDArray[Any],
+    path: Path,
+    *,
+    transfer_syntax: TransferSyntax = TransferSyntax.EXPLICIT_LITTLE,
+    overwrite: bool = True,
+    preview_window: tuple[float, float] | None = None,
+) -> Callable[[], list[Path]]:
+    """:func:`write_image` in two steps: encode the DICOM file now, write it later.
+
+    Returns the second step, which writes the file and the preview (if any) and returns
+    their paths. That step spends its time where Python lets other threads run (writing
+    files, the preview's table lookup and JPEG encoding): a conversion in one process
+    runs it on a thread while it prepares the next image.
+    """
     ds = with_pixels(header, pixels, transfer_syntax)
     try:
-        write_dataset(ds, path, overwrite=overwrite)
-    except OutputError:
-        raise
+        # Values copied from the source (an invalid UID) make pydicom warn again.
+        with logged_warnings(str(path)):
+            data = encode_file(ds)
     except Exception as exc:  # pydicom's writer raises many types on odd values
         raise OutputError(f"{path}: cannot write DICOM: {exc}") from exc
-    written = [path]
-    if preview_window is not None:
-        from .preview import save_preview
 
-        jpeg = sidecar(path, ".jpg")
-        save_preview(pixels, preview_window, jpeg, overwrite=overwrite)
-        written.append(jpeg)
-    return written
+    def finish() -> list[Path]:
+        _atomic.atomic_write(path, lambda f: f.write(data), overwrite=overwrite)
+        written = [path]
+        if preview_window is not None:
+            from .preview import save_preview
+
+            jpeg = sidecar(path, ".jpg")
+            save_preview(pixels, preview_window, jpeg, overwrite=overwrite)
+            written.append(jpeg)
+        return written
+
+    return finish
