@@ -167,14 +167,21 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path) -> None:
         assert a.PixelData == b.PixelData
 
 
-@pytest.mark.parametrize("mask", ["none", "auto"])  # slice-wise, and volumes in this process
-def test_ctrl_c_stops_workers_at_once_and_a_rerun_finishes(tmp_path: Path, mask: str) -> None:
+@pytest.mark.parametrize(
+    ("mask", "jobs"),
+    # Slice-wise and volumes in this process, with workers; and with --jobs 1, whose
+    # files are written on a thread of the one process.
+    [("none", "2"), ("auto", "2"), ("none", "1")],
+)
+def test_ctrl_c_stops_workers_at_once_and_a_rerun_finishes(
+    tmp_path: Path, mask: str, jobs: str
+) -> None:
     inputs = tmp_path / "in"
     for k in range(6):  # six series of four 512 x 512 slices: results too big for a pipe
         make_series(inputs / f"s{k}", 4, size=512)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "medeq", "convert", str(inputs), "-o", str(out)]
-    options = ["--jobs", "2", "--mask", mask, "--no-preview"]
+    options = ["--jobs", jobs, "--mask", mask, "--no-preview"]
     proc = subprocess.Popen(
         [*command, *options],
         stdout=subprocess.DEVNULL,

@@ -623,3 +623,118 @@ def test_workers_keep_freed_memory_for_the_next_slice() -> None:
         pytest.skip("not glibc: mallopt is unavailable")
     assert runs["default"][1] > 2500  # pages faulted in again, 550 each time here
     assert runs["keep"][1] < 200
+
+
+def test_inline_tasks_finish_on_one_thread_in_order() -> None:
+    # jobs=1: a task that returns Later has its rest run on the executor's one thread,
+    # in the order handed over; its future gives what the rest returns, or raises.
+    import threading
+
+    from medeq._scheduler import Inline, Later
+
+    pool = Inline()
+    ran: list[tuple[int, str]] = []
+    gate = threading.Event()
+
+    def finish(n: int) -> int:
+        gate.wait(10)
+        ran.append((n, threading.current_thread().name))
+        if n == 3:
+            raise OSError("disk full")
+        return n * 10
+
+    futures = [pool.submit(lambda n=n: Later(lambda: finish(n))) for n in range(5)]
+    plain = pool.submit(lambda: "at once")
+    assert plain.done() and plain.result() == "at once"
+    assert not any(f.done() for f in futures)  # the caller went on meanwhile
+    gate.set()
+    assert [f.result(10) for f in futures[:3]] == [0, 10, 20]
+    with pytest.raises(OSError, match="disk full"):
+        futures[3].result(10)
+    assert futures[4].result(10) == 40
+    pool.shutdown()
+    assert [n for n, _ in ran] == [0, 1, 2, 3, 4]
+    assert {name for _, name in ran} != {threading.current_thread().name}
+    assert len({name for _, name in ran}) == 1
+
+
+def test_inline_shutdown_without_waiting_cancels_what_has_not_started() -> None:
+    # An aborted run (Ctrl-C) lets the file being written finish and drops the rest.
+    import threading
+
+    from medeq._scheduler import Inline, Later
+
+    pool = Inline()
+    started, gate = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        started.set()
+        gate.wait(10)
+        return "written"
+
+    first = pool.submit(lambda: Later(slow))
+    rest = [pool.submit(lambda: Later(lambda: "never")) for _ in range(3)]
+    assert started.wait(10)
+    pool.shutdown(wait=False, cancel_futures=True)
+    gate.set()
+    assert first.result(10) == "written"
+    assert all(f.cancelled() for f in rest)
+
+
+def test_deferred_flushing_holds_only_in_its_own_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The in-process run writes on a thread of its own, inside its own deferral; a
+    # write on another thread meanwhile is flushed as usual.
+    import threading
+
+    import medeq._atomic as atomic
+
+    fsynced: list[str] = []
+    real = os.fsync
+
+    def recording(fd: int) -> None:
+        fsynced.append(threading.current_thread().name)
+        real(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", recording)
+    with atomic.deferred_sync():
+        atomic.atomic_write(tmp_path / "a", lambda f: f.write(b"a"))
+        other = threading.Thread(
+            target=atomic.atomic_write, args=(tmp_path / "b", lambda f: f.write(b"b")), name="other"
+        )
+        other.start()
+        other.join()
+    atomic.atomic_write(tmp_path / "c", lambda f: f.write(b"c"))
+    assert fsynced == ["other", threading.current_thread().name]
+    assert [(tmp_path / n).read_bytes() for n in "abc"] == [b"a", b"b", b"c"]
+
+
+def test_one_process_writes_on_its_thread_what_workers_write(tmp_path: Path) -> None:
+    # The same outputs (pixels, previews) and the report in input order, whether the
+    # files are written on the in-process thread (jobs=1) or by workers (jobs=2).
+    import pydicom
+
+    synthetic_series(tmp_path / "in")
+    one = medeq.convert([tmp_path / "in"], tmp_path / "one", jobs=1)
+    two = medeq.convert([tmp_path / "in"], tmp_path / "two", jobs=2)
+    assert one.totals["converted"] == two.totals["converted"] == 7
+    inputs = [r.input for r in one.files]
+    assert inputs == sorted(inputs)
+    for result in one.files:
+        dcm = Path(result.outputs[0])
+        other = tmp_path / "two" / dcm.name
+        a, b = pydicom.dcmread(dcm), pydicom.dcmread(other)
+        assert a.SOPInstanceUID == b.SOPInstanceUID and a.PixelData == b.PixelData
+        assert dcm.with_suffix(".jpg").read_bytes() == other.with_suffix(".jpg").read_bytes()
+
+
+def test_a_file_that_cannot_be_written_on_the_thread_fails_alone(tmp_path: Path) -> None:
+    synthetic_series(tmp_path / "in")
+    (tmp_path / "out" / "CT_small_3.jpg").mkdir(parents=True)  # the preview's place
+    report = medeq.convert([tmp_path / "in"], tmp_path / "out", jobs=1)
+    [bad] = [r for r in report.files if r.status == "failed"]
+    assert bad.input.endswith("CT_small_3.dcm")
+    assert str(tmp_path / "out" / "CT_small_3.jpg") in str(bad.error)
+    assert report.totals["converted"] == 6 and report.exit_code == 1
+    assert not list((tmp_path / "out").rglob("*.part"))

@@ -7,6 +7,7 @@ import io
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -16,6 +17,7 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_windowing
 
 import medeq
+from medeq.preview import save_preview, window_to_8bit
 
 from .conftest import shared_file
 
@@ -144,4 +146,31 @@ def test_a_preview_loads_only_the_jpeg_plugin(tmp_path: Path) -> None:
     table = window_to_8bit(np.arange(64 * 64, dtype=np.uint16).reshape(1, 64, 64), 2048.0, 4096.0)
     expected = io.BytesIO()
     Image.fromarray(table[0]).save(expected, format="JPEG", quality=95)
+    assert out.read_bytes() == expected.getvalue()
+
+
+def test_a_preview_is_encoded_into_its_file_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Into a real file Pillow encodes with the GIL released (into a Python file-like
+    # object it holds it): the in-process conversion relies on that to encode previews
+    # on a thread. The bytes are those of an in-memory save.
+    from PIL import ImageFile
+
+    real = ImageFile._encode_tile
+    descriptors: list[int | None] = []
+
+    def recording(im: Any, fp: Any, tile: Any, bufsize: int, fh: Any, exc: Any = None) -> None:
+        descriptors.append(fh)
+        real(im, fp, tile, bufsize, fh, exc)
+
+    monkeypatch.setattr(ImageFile, "_encode_tile", recording)
+    pixels = np.arange(128 * 128, dtype=np.uint16).reshape(1, 128, 128)
+    out = save_preview(pixels, (8192.0, 16384.0), tmp_path / "p.jpg")
+    assert len(descriptors) == 1 and isinstance(descriptors[0], int)
+    monkeypatch.setattr(ImageFile, "_encode_tile", real)
+    expected = io.BytesIO()
+    Image.fromarray(window_to_8bit(pixels, 8192.0, 16384.0)[0]).save(
+        expected, format="JPEG", quality=95
+    )
     assert out.read_bytes() == expected.getvalue()
