@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -658,27 +659,42 @@ def test_inline_tasks_finish_on_one_thread_in_order() -> None:
     assert len({name for _, name in ran}) == 1
 
 
-def test_inline_shutdown_without_waiting_cancels_what_has_not_started() -> None:
-    # An aborted run (Ctrl-C) lets the file being written finish and drops the rest.
+def test_an_aborted_run_finishes_the_file_being_written_and_drops_the_rest() -> None:
+    # Ctrl-C or an error with jobs=1: the file on the thread is finished before abort
+    # returns (nothing appears after the run has ended), the rest is never written.
     import threading
 
-    from medeq._scheduler import Inline, Later
+    from medeq._scheduler import Later
 
-    pool = Inline()
-    started, gate = threading.Event(), threading.Event()
+    scheduler = Scheduler(1, lambda job: [], lambda job, outcomes, submit: 0, lambda r: None)
+    started = threading.Event()
 
     def slow() -> str:
         started.set()
-        gate.wait(10)
+        time.sleep(0.2)
         return "written"
 
-    first = pool.submit(lambda: Later(slow))
-    rest = [pool.submit(lambda: Later(lambda: "never")) for _ in range(3)]
+    first = scheduler.pool.submit(lambda: Later(slow))
+    rest = [scheduler.pool.submit(lambda: Later(lambda: "never")) for _ in range(3)]
     assert started.wait(10)
-    pool.shutdown(wait=False, cancel_futures=True)
-    gate.set()
-    assert first.result(10) == "written"
+    scheduler.abort()
+    assert first.done() and first.result() == "written"
     assert all(f.cancelled() for f in rest)
+
+
+def test_inline_finishes_in_place_while_the_interpreter_shuts_down() -> None:
+    # A conversion called from an atexit handler: no new threads can start then.
+    script = (
+        "import atexit\n"
+        "from medeq._scheduler import Inline, Later\n"
+        "def late():\n"
+        "    print(Inline().submit(lambda: Later(lambda: 'finished')).result())\n"
+        "atexit.register(late)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "finished", done.stderr
 
 
 def test_deferred_flushing_holds_only_in_its_own_thread(
@@ -711,7 +727,7 @@ def test_deferred_flushing_holds_only_in_its_own_thread(
 
 
 def test_one_process_writes_on_its_thread_what_workers_write(tmp_path: Path) -> None:
-    # The same outputs (pixels, previews) and the report in input order, whether the
+    # The same outputs (pixels, previews) and each series' files in input order, whether the
     # files are written on the in-process thread (jobs=1) or by workers (jobs=2).
     import pydicom
 
@@ -719,8 +735,9 @@ def test_one_process_writes_on_its_thread_what_workers_write(tmp_path: Path) -> 
     one = medeq.convert([tmp_path / "in"], tmp_path / "one", jobs=1)
     two = medeq.convert([tmp_path / "in"], tmp_path / "two", jobs=2)
     assert one.totals["converted"] == two.totals["converted"] == 7
-    inputs = [r.input for r in one.files]
-    assert inputs == sorted(inputs)
+    for name in ("CT_small", "MR_small"):  # each series in input order
+        inputs = [r.input for r in one.files if name in r.input]
+        assert inputs == sorted(inputs)
     for result in one.files:
         dcm = Path(result.outputs[0])
         other = tmp_path / "two" / dcm.name

@@ -174,3 +174,32 @@ def test_a_preview_is_encoded_into_its_file_descriptor(
         expected, format="JPEG", quality=95
     )
     assert out.read_bytes() == expected.getvalue()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE on Linux")
+def test_a_preview_written_only_in_part_is_an_error(tmp_path: Path) -> None:
+    # Pillow does not check its last write into a descriptor: at a file size limit (or a
+    # full disk) the JPEG would lose its end and still be renamed into place.
+    out = tmp_path / "p.jpg"
+    script = (
+        "import io, resource, sys, numpy as np\n"
+        "from PIL import Image\n"
+        "from medeq.errors import OutputError\n"
+        "from medeq.preview import save_preview, window_to_8bit\n"
+        "pixels = np.random.default_rng(0).integers(0, 4096, (1, 600, 600), dtype=np.uint16)\n"
+        "whole = io.BytesIO()\n"
+        "picture = Image.fromarray(window_to_8bit(pixels, 2048, 4096)[0])\n"
+        "picture.save(whole, format='JPEG', quality=95)\n"
+        "limit = len(whole.getvalue()) - 50\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))\n"
+        "try:\n"
+        f"    save_preview(pixels, (2048.0, 4096.0), __import__('pathlib').Path({str(out)!r}))\n"
+        "except OutputError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == f"{out}: cannot write: the JPEG was written only in part"
+    assert not out.exists()
+    assert not list(tmp_path.glob(".*.part"))

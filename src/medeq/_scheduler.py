@@ -153,7 +153,10 @@ class Inline(Executor):
         if isinstance(outcome, Later):
             if self._thread is None:
                 self._thread = ThreadPoolExecutor(1, thread_name_prefix="medeq-finish")
-            return self._thread.submit(outcome.finish)
+            try:
+                return self._thread.submit(outcome.finish)
+            except RuntimeError:  # no new threads while the interpreter shuts down
+                return self.submit(outcome.finish)
         future.set_result(outcome)
         return future
 
@@ -342,6 +345,11 @@ class Scheduler:
         if self.closed:
             return
         self.closed = True
+        if isinstance(self.pool, Inline):
+            # The file being written on its thread is finished and the rest dropped, so
+            # that nothing appears (unflushed) after the run has returned.
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            return
         terminate = getattr(self.pool, "terminate_workers", None)  # Python 3.14 on
         if terminate is not None:
             terminate()  # shuts the pool down too
@@ -349,7 +357,7 @@ class Scheduler:
         # Ended first, so that the pool fails its futures as broken; cancelling them
         # first would kill its manager thread instead (see scan).
         _end_workers(self.pool)
-        self.pool.shutdown(wait=False, cancel_futures=isinstance(self.pool, Inline))
+        self.pool.shutdown(wait=False)
 
     def close(self) -> None:
         """Shut the pool down, waiting for its processes (unless a failure already did)."""

@@ -8,6 +8,7 @@ written DICOM. A preview of a source image goes through the source's own VOI (se
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import math
@@ -180,11 +181,31 @@ def _save_jpeg(
             (max(1, round(img.width * scale)), max(1, round(img.height * scale))),
             Image.Resampling.LANCZOS,
         )
-    # The wrapper has what Pillow uses of a file (its name, descriptor, write, flush).
-    _atomic.atomic_write(
-        path, lambda f: img.save(cast(BinaryIO, _JpegFile(f)), quality=quality), overwrite=overwrite
-    )
+
+    def write(f: BinaryIO) -> None:
+        # The wrapper has what Pillow uses of a file (its name, descriptor, write, flush).
+        img.save(cast(BinaryIO, _JpegFile(f)), quality=quality)
+        # Pillow does not check that its last write to the descriptor wrote everything
+        # (a full disk, a file size limit): a JPEG ends with its EOI marker.
+        if _last_two_bytes(f.fileno()) != b"\xff\xd9":
+            raise OSError(errno.EIO, "the JPEG was written only in part")
+
+    _atomic.atomic_write(path, write, overwrite=overwrite)
     return path
+
+
+def _last_two_bytes(fd: int) -> bytes:
+    """The last two bytes of the file open (for reading too) as ``fd``."""
+    size = os.fstat(fd).st_size
+    if size < 2:
+        return b""
+    if hasattr(os, "pread"):
+        return os.pread(fd, 2, size - 2)
+    os.lseek(fd, size - 2, os.SEEK_SET)  # Windows: no pread
+    try:
+        return os.read(fd, 2)
+    finally:
+        os.lseek(fd, 0, os.SEEK_END)
 
 
 def _require_matplotlib() -> Any:
