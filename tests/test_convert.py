@@ -755,3 +755,48 @@ def test_a_file_that_cannot_be_written_on_the_thread_fails_alone(tmp_path: Path)
     assert str(tmp_path / "out" / "CT_small_3.jpg") in str(bad.error)
     assert report.totals["converted"] == 6 and report.exit_code == 1
     assert not list((tmp_path / "out").rglob("*.part"))
+
+
+def dies_on_file_seven(info: ImageInfo, place: Any, quiet: bool) -> Any:
+    """A decoder that kills its worker process on one file of a batch."""
+    if Path(str(info.path)).name == "7.dcm":
+        os._exit(3)
+    return _decode_task(info, place, quiet)
+
+
+def test_a_batch_whose_worker_dies_is_rerun_file_by_file(tmp_path: Path) -> None:
+    # First-pass tasks travel in batches (40 files, 2 workers: batches of 2); when one
+    # kills its worker, the batches in flight run again one task at a time, and only
+    # the file that kills a worker alone fails.
+    from medeq._scheduler import _batched
+
+    images = []
+    for k in range(40):
+        path = tmp_path / f"{k}.dcm"
+        shutil.copy(get_testdata_file("CT_small.dcm"), path)
+        images.append(medeq.read(path))
+    job = Job(
+        images,
+        [tmp_path / "out" / f"{k}.dcm" for k in range(40)],
+        [False] * 40,
+        [FileResult(str(im.info.path), "planned") for im in images],
+    )
+    outcomes: list[Any] = []
+
+    def first_pass(job: Job) -> list[Task]:
+        return [
+            Task("decode", job, i, dies_on_file_seven, (im.info, im._place, True))
+            for i, im in enumerate(job.images)
+        ]
+
+    def second_pass(job: Job, decoded: list[Any], submit: Any) -> int:
+        outcomes.extend(decoded)
+        return 0
+
+    assert [len(t.parts or []) for t in _batched(first_pass(job), 2)] == [2] * 20
+    Scheduler(2, first_pass, second_pass, lambda r: None).run([job])
+    assert len(outcomes) == 40
+    errors = {k: error for k, (_, error) in enumerate(outcomes) if error}
+    assert list(errors) == [7]
+    assert "a worker process died while decoding it" in errors[7]
+    assert all(arr.shape == (1, 128, 128) for k, (arr, _) in enumerate(outcomes) if k != 7)
