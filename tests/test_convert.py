@@ -23,8 +23,8 @@ from medeq.reader import ImageInfo
 from .conftest import synthetic_series
 
 
-def dies_on_second_file(info: ImageInfo, place: Any, quiet: bool) -> Any:
-    """A decoder that kills its worker process on one file, like a crashing codec."""
+def dies_on_b(info: ImageInfo, place: Any, quiet: bool) -> Any:
+    """A decoder that kills its worker process on the file b.dcm, like a crashing codec."""
     if Path(str(info.path)).name == "b.dcm":
         os._exit(3)
     return _decode_task(info, place, quiet)
@@ -62,7 +62,7 @@ def test_a_dying_worker_fails_its_file_and_the_batch_goes_on(tmp_path: Path) -> 
 
     def first_pass(job: Job) -> list[Task]:
         image = job.images[0]
-        return [Task("decode", job, 0, dies_on_second_file, (image.info, image._place, True))]
+        return [Task("decode", job, 0, dies_on_b, (image.info, image._place, True))]
 
     Scheduler(2, first_pass, make_write, settled.append).run(jobs)
     by_name = {Path(r.input).name: r for r in settled}
@@ -757,22 +757,15 @@ def test_a_file_that_cannot_be_written_on_the_thread_fails_alone(tmp_path: Path)
     assert not list((tmp_path / "out").rglob("*.part"))
 
 
-def dies_on_file_seven(info: ImageInfo, place: Any, quiet: bool) -> Any:
-    """A decoder that kills its worker process on one file of a batch."""
-    if Path(str(info.path)).name == "7.dcm":
-        os._exit(3)
-    return _decode_task(info, place, quiet)
-
-
 def test_a_batch_whose_worker_dies_is_rerun_file_by_file(tmp_path: Path) -> None:
     # First-pass tasks travel in batches (40 files, 2 workers: batches of 2); when one
     # kills its worker, the batches in flight run again one task at a time, and only
-    # the file that kills a worker alone fails.
+    # the file that kills a worker alone fails (the eighth, named b.dcm).
     from medeq._scheduler import _batched
 
     images = []
     for k in range(40):
-        path = tmp_path / f"{k}.dcm"
+        path = tmp_path / ("b.dcm" if k == 7 else f"{k}.dcm")
         shutil.copy(get_testdata_file("CT_small.dcm"), path)
         images.append(medeq.read(path))
     job = Job(
@@ -785,7 +778,7 @@ def test_a_batch_whose_worker_dies_is_rerun_file_by_file(tmp_path: Path) -> None
 
     def first_pass(job: Job) -> list[Task]:
         return [
-            Task("decode", job, i, dies_on_file_seven, (im.info, im._place, True))
+            Task("decode", job, i, dies_on_b, (im.info, im._place, True))
             for i, im in enumerate(job.images)
         ]
 

@@ -714,12 +714,19 @@ def write_dataset(
     overwrite: bool = True,
 ) -> Path:
     """Write a complete dataset to ``path`` atomically (DICOM file format)."""
+    _write_bytes(path, _encoded(ds, path), overwrite)
+    return path
 
+
+def _encoded(ds: Dataset, path: Path) -> bytes:
+    """The DICOM file of ``ds``; pydicom's warnings are logged against ``path``."""
     # Values copied from the source (an invalid UID) make pydicom warn again.
     with logged_warnings(str(path)):
-        data = encode_file(ds)
+        return encode_file(ds)
+
+
+def _write_bytes(path: Path, data: bytes, overwrite: bool) -> None:
     _atomic.atomic_write(path, lambda f: f.write(data), overwrite=overwrite)
-    return path
 
 
 def source_names(images: Sequence[DicomImage]) -> list[str]:
@@ -854,14 +861,12 @@ def encode_image(
     """
     ds = with_pixels(header, pixels, transfer_syntax)
     try:
-        # Values copied from the source (an invalid UID) make pydicom warn again.
-        with logged_warnings(str(path)):
-            data = encode_file(ds)
+        data = _encoded(ds, path)
     except Exception as exc:  # pydicom's writer raises many types on odd values
         raise OutputError(f"{path}: cannot write DICOM: {exc}") from exc
 
     def finish() -> list[Path]:
-        _atomic.atomic_write(path, lambda f: f.write(data), overwrite=overwrite)
+        _write_bytes(path, data, overwrite)
         written = [path]
         if preview_window is not None:
             from .preview import save_preview
