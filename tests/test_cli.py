@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +130,45 @@ def test_rerun_skips_finished_outputs(mixed: Path, tmp_path: Path) -> None:
     )
 
 
+#: Runs the command with a signal sent at a known point: once ``after`` files are
+#: converted, from the progress callback (so on any machine speed the signal lands
+#: mid-run). argv: signal name, after, then the command's arguments.
+INTERRUPTING = """
+import os, signal, sys
+import medeq.cli as cli
+
+name, after = sys.argv[1], int(sys.argv[2])
+real = cli.convert
+converted = 0
+
+def convert(*args, progress, **kwargs):
+    def hooked(result):
+        global converted
+        progress(result)
+        converted += result.status == "converted"
+        if converted == after:
+            if name == "SIGINT":
+                os.killpg(os.getpgrp(), signal.SIGINT)  # Ctrl-C reaches every process
+            else:
+                os.kill(os.getpid(), getattr(signal, name))
+    return real(*args, progress=hooked, **kwargs)
+
+cli.convert = convert
+sys.exit(cli.main(sys.argv[3:]))
+"""
+
+
+def interrupted(signal_name: str, after: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``medeq ARGS`` with ``signal_name`` sent once ``after`` files are converted."""
+    return subprocess.run(
+        [sys.executable, "-c", INTERRUPTING, signal_name, str(after), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        start_new_session=True,
+    )
+
+
 def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     inputs = tmp_path / "in"
     for k in range(30):  # thirty one-image series: progress is visible file by file
@@ -140,18 +177,10 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     medeq("convert", str(inputs), "-o", str(reference), "--jobs", "1", check_rc=0)
 
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "medeq", "convert", str(inputs), "-o", str(out), "--jobs", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(out.rglob("*.dcm"))) < 5:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    killed = interrupted("SIGKILL", 5, "convert", str(inputs), "-o", str(out), "--jobs", "1")
+    assert killed.returncode == -signal.SIGKILL
     done_before = len(list(out.rglob("*.dcm")))
-    assert 0 < done_before < 30, "the kill should land mid-way"
+    assert 5 <= done_before < 30, "the kill lands mid-way"
     # Whatever is at a final path is complete: every DICOM file there reads in full.
     for f in out.rglob("*.dcm"):
         assert pydicom.dcmread(f).pixel_array.shape == (128, 128)
@@ -180,25 +209,20 @@ def test_ctrl_c_stops_workers_at_once_and_a_rerun_finishes(
     for k in range(6):  # six series of four 512 x 512 slices: results too big for a pipe
         make_series(inputs / f"s{k}", 4, size=512)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "medeq", "convert", str(inputs), "-o", str(out)]
-    options = ["--jobs", jobs, "--mask", mask, "--no-preview"]
-    proc = subprocess.Popen(
-        [*command, *options],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list(out.rglob("*.dcm")):
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the workers too
-    _, stderr = proc.communicate(timeout=60)  # workers are ended, not waited for
-    assert proc.returncode == 130, stderr
+    command = ["convert", str(inputs), "-o", str(out)]
+    options = ["--jobs", jobs, "--mask", mask, "--no-preview", "--report", str(tmp_path / "r.json")]
+    run = interrupted("SIGINT", 1, *command, *options)
+    stderr = run.stderr
+    assert run.returncode == 130, stderr
     assert "interrupted; finished outputs are complete, run again to resume" in stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert lines and all(line.startswith("medeq: ") for line in lines), stderr
-    rerun = medeq(*command[3:], *options, check_rc=0)
+    # The report is written however the run ends, with what finished.
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["interrupted"] is True
+    assert 1 <= report["totals"]["converted"] < 24
+    assert all(Path(p).is_file() for f in report["files"] for p in f["outputs"])
+    rerun = medeq(*command, *options, check_rc=0)
     assert "24 file(s)" in rerun.stderr
     assert len(list(out.rglob("*.dcm"))) == 24
     assert not list(out.rglob("*.part"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
@@ -545,26 +547,47 @@ def test_a_file_that_cannot_be_flushed_has_failed(
     assert report.exit_code == 1
 
 
-def test_a_rerun_finds_outputs_cut_short(tmp_path: Path) -> None:
+def test_a_rerun_remakes_outputs_cut_short(tmp_path: Path) -> None:
     # What a power cut before the run's flush can leave: a DICOM file or a preview whose
-    # end never reached the disk. The rerun must not take it for done.
+    # end never reached the disk. The rerun must not take it for done: it makes it again
+    # (it is this command's own output, by its SOP Instance UID) and says so.
     synthetic_series(tmp_path / "in")
     first = medeq.convert([tmp_path / "in"], tmp_path / "out", jobs=1)
     assert first.exit_code == 0
     dicom = tmp_path / "out" / "CT_small_2.dcm"
-    dicom.write_bytes(dicom.read_bytes()[: dicom.stat().st_size // 2])
+    whole_dicom = dicom.read_bytes()
+    dicom.write_bytes(whole_dicom[: dicom.stat().st_size // 2])
     jpeg = tmp_path / "out" / "MR_small_1.jpg"
-    jpeg.write_bytes(jpeg.read_bytes()[:100])
+    whole_jpeg = jpeg.read_bytes()
+    jpeg.write_bytes(whole_jpeg[:100])
     again = medeq.convert([tmp_path / "in"], tmp_path / "out", jobs=1)
-    failed = {Path(r.input).name: r.error for r in again.files if r.status == "failed"}
-    assert set(failed) == {"CT_small_2.dcm", "MR_small_1.dcm"}
-    assert "an earlier output of this command is incomplete" in str(failed["CT_small_2.dcm"])
-    assert "Pixel Data" in str(failed["CT_small_2.dcm"])
-    assert f"its preview {jpeg} is cut short" in str(failed["MR_small_1.dcm"])
+    assert again.exit_code == 0
+    remade = {Path(r.input).name: r for r in again.files if r.status == "converted"}
+    assert set(remade) == {"CT_small_2.dcm", "MR_small_1.dcm"}
+    [ct_note] = remade["CT_small_2.dcm"].notes
+    assert "an earlier output of this command was incomplete" in ct_note
+    assert "Pixel Data" in ct_note and ct_note.endswith("made again")
+    assert f"its preview {jpeg} is cut short" in remade["MR_small_1.dcm"].notes[0]
     assert again.totals["skipped"] == 5
-    fixed = medeq.convert([tmp_path / "in"], tmp_path / "out", jobs=1, overwrite=True)
-    assert fixed.totals["converted"] == 7
+    was, now = (pydicom.dcmread(io.BytesIO(d)) for d in (whole_dicom, dicom.read_bytes()))
+    assert now.SOPInstanceUID == was.SOPInstanceUID and now.PixelData == was.PixelData
+    assert jpeg.read_bytes() == whole_jpeg
     assert medeq.convert([tmp_path / "in"], tmp_path / "out", jobs=1).totals["skipped"] == 7
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_rerun_remakes_a_missing_preview(tmp_path: Path, jobs: int) -> None:
+    # A kill -9 between a DICOM file and its preview leaves the DICOM file alone: the
+    # rerun must make the preview, not take the file for done.
+    synthetic_series(tmp_path / "in")
+    assert medeq.convert([tmp_path / "in"], tmp_path / "out", jobs=jobs).exit_code == 0
+    jpeg = tmp_path / "out" / "CT_small_0.jpg"
+    jpeg.unlink()
+    again = medeq.convert([tmp_path / "in"], tmp_path / "out", jobs=jobs)
+    assert again.exit_code == 0 and jpeg.is_file()
+    [remade] = [r for r in again.files if r.status == "converted"]
+    assert remade.input.endswith("CT_small_0.dcm")
+    assert f"its preview {jpeg} is missing" in remade.notes[0]
 
 
 def test_a_rerun_finds_compressed_outputs_cut_short(tmp_path: Path) -> None:
@@ -576,16 +599,18 @@ def test_a_rerun_finds_compressed_outputs_cut_short(tmp_path: Path) -> None:
     dicom = tmp_path / "out" / "CT_small_3.dcm"
     dicom.write_bytes(dicom.read_bytes()[:-100])
     again = medeq.convert([tmp_path / "in"], tmp_path / "out", **options)
-    [bad] = [r for r in again.files if r.status == "failed"]
-    assert bad.input.endswith("CT_small_3.dcm")
-    assert "an earlier output of this command is incomplete" in str(bad.error)
-    assert "Pixel Data is truncated" in str(bad.error)
+    [remade] = [r for r in again.files if r.status == "converted"]
+    assert remade.input.endswith("CT_small_3.dcm") and again.exit_code == 0
+    assert "an earlier output of this command was incomplete" in remade.notes[0]
+    assert "Pixel Data is truncated" in remade.notes[0]
     assert again.totals["skipped"] == 6
+    assert medeq.read(dicom).stored.shape == (1, 128, 128)
 
 
 KEEP_FREED = """
 import resource, sys
 import numpy as np
+import pydicom
 from medeq._scheduler import keep_freed_memory
 kept = keep_freed_memory() if sys.argv[1] == "keep" else False
 # A mapped 1 MiB block freed: glibc's own thresholds become 1 MiB (map) and 2 MiB (trim).
@@ -755,6 +780,7 @@ def test_a_file_that_cannot_be_written_on_the_thread_fails_alone(tmp_path: Path)
     assert str(tmp_path / "out" / "CT_small_3.jpg") in str(bad.error)
     assert report.totals["converted"] == 6 and report.exit_code == 1
     assert not list((tmp_path / "out").rglob("*.part"))
+    assert not (tmp_path / "out" / "CT_small_3.dcm").exists()  # nothing left half-written
 
 
 def test_a_batch_whose_worker_dies_is_rerun_file_by_file(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 Data go to a hidden temporary file in the target folder (same file system), are flushed
 to disk, and the file is then renamed into place. A crash or kill at any point leaves the
-target untouched; at worst a hidden ``.<name>.*.part`` file remains, which later runs may
+target untouched; at worst a hidden ``.<name>.<pid>-*.part`` file remains, which later runs may
 delete (:func:`remove_stale_parts`).
 
 A batch writes many files under :func:`deferred_sync` and has a :class:`Flusher` flush
@@ -117,7 +117,7 @@ def atomic_write(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=PART_SUFFIX
+            dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=PART_SUFFIX
         )
     except OSError as exc:
         raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from exc
@@ -150,10 +150,32 @@ def atomic_write(
 
 
 def remove_stale_parts(folder: Path) -> int:
-    """Delete temporary files an interrupted run left below ``folder``; return how many."""
+    """Delete temporary files interrupted runs left below ``folder``; return how many.
+
+    A part file's name holds the id of the process writing it: the parts of a process
+    still running (another run into the same folder) are left alone.
+    """
     removed = 0
     for part in Path(folder).rglob(f".*{PART_SUFFIX}"):
+        if _writer_alive(part.name):
+            continue
         with contextlib.suppress(OSError):
             part.unlink()
             removed += 1
     return removed
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process that named a part file ``name`` is still running."""
+    pid = name.removesuffix(PART_SUFFIX).rpartition("-")[0].rpartition(".")[2]
+    if not pid.isdigit():
+        return False  # named by an older medeq: stale
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, owned by someone else
+        return True
+    return True

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import gc
 import os
 import signal
 import sys
 import threading
+import traceback
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -35,7 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import DicomError
+from ._notes import collecting
+from .errors import MedeqError
 from .reader import DicomImage, read
 
 if TYPE_CHECKING:
@@ -44,8 +47,12 @@ if TYPE_CHECKING:
 __all__ = [
     "Inline",
     "Later",
+    "Outcome",
+    "Scanned",
     "Scheduler",
     "Task",
+    "failure_text",
+    "guarded",
     "native_stderr_silenced",
     "read_headers",
     "start_method",
@@ -103,19 +110,102 @@ def _launch(pool: Executor, workers: int) -> list[Future[None]]:
         gc.unfreeze()
 
 
-def read_headers(files: list[str], keep: bool = True) -> list[DicomImage | str]:
-    """Read the headers of ``files`` (pixels are not decoded); an error becomes its message.
+#: Exceptions that stop a batch instead of failing one file: the user's Ctrl-C (or
+#: SIGTERM, which the command turns into one), and a process that is exiting.
+STOPS_THE_BATCH = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
-    ``keep`` False: the images go without their headers (:meth:`DicomImage.without_header`),
-    as a worker sends them back.
+
+def failure_text(exc: BaseException, name: str = "") -> str:
+    """One line saying why handling a file failed (``name``: the file, if known).
+
+    A MedeqError's message already names the file and the cause. Anything else is a bug
+    of medeq's or of a library under it (a decoder that panics raises a BaseException):
+    the line gives its class, its message and where in medeq it was raised, so that a
+    report is enough to find it.
     """
-    images: list[DicomImage | str] = []
-    for file in files:
+    if isinstance(exc, MedeqError):
+        return " ".join(str(exc).split())
+    where = ""
+    ours = [
+        f for f in traceback.extract_tb(exc.__traceback__) if f"{os.sep}medeq{os.sep}" in f.filename
+    ]
+    if ours:
+        where = f" at medeq/{Path(ours[-1].filename).name}:{ours[-1].lineno} in {ours[-1].name}"
+    message = " ".join(str(exc).split())[:500] or "(no message)"
+    text = (
+        f"internal error {type(exc).__name__}{where}: {message} "
+        "(a bug of medeq's or of a library it uses; please report it)"
+    )
+    return f"{name}: {text}" if name else text
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a task sends back: its value and the notes made while it ran, or its failure.
+
+    Every task a :class:`Scheduler` runs goes through :func:`guarded`, in a worker or in
+    this process, so no exception of a task reaches the batch: a task that raised has
+    ``failure`` set (:func:`failure_text`; ``internal`` when it was not a MedeqError,
+    whose text does not name the file yet) and ``value`` None.
+    """
+
+    value: Any
+    notes: tuple[str, ...] = ()
+    failure: str | None = None
+    internal: bool = False
+
+
+def guarded(fn: Callable[..., Any], args: tuple[Any, ...]) -> Outcome | Later:
+    """Run ``fn(*args)`` into an :class:`Outcome`; nothing it raises escapes.
+
+    Only what stops a whole batch (:data:`STOPS_THE_BATCH`) is raised again. A value of
+    :class:`Later` stays one, whose ``finish`` is guarded the same way.
+    """
+    with collecting() as notes:
         try:
-            image = read(file)
-            images.append(image if keep else image.without_header())
-        except DicomError as exc:
-            images.append(str(exc))
+            value = fn(*args)
+        except STOPS_THE_BATCH:
+            raise
+        except BaseException as exc:  # native decoders may raise BaseExceptions (panics)
+            internal = not isinstance(exc, MedeqError)
+            return Outcome(None, tuple(notes), failure_text(exc), internal)
+    if isinstance(value, Later):
+        return Later(functools.partial(_finish_guarded, value.finish, tuple(notes)))
+    return Outcome(value, tuple(notes))
+
+
+def _finish_guarded(finish: Callable[[], Any], notes: tuple[str, ...]) -> Outcome:
+    outcome = guarded(finish, ())
+    assert isinstance(outcome, Outcome)
+    return Outcome(outcome.value, notes + outcome.notes, outcome.failure, outcome.internal)
+
+
+def _run_guarded_batch(calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Any]:
+    """Run several tasks in one worker, one after the other; their outcomes in order."""
+    return [guarded(fn, args) for fn, args in calls]
+
+
+#: A file the scan read: its image (or why it could not be read), and the notes made.
+Scanned = tuple[DicomImage | str, tuple[str, ...]]
+
+
+def read_headers(files: list[str], keep: bool = True) -> list[Scanned]:
+    """Read the headers of ``files`` (pixels are not decoded), each with its notes.
+
+    Whatever goes wrong with one file (a MedeqError, or a bug) becomes its message:
+    the other files are read all the same. ``keep`` False: the images go without their
+    headers (:meth:`DicomImage.without_header`), as a worker sends them back.
+    """
+    images: list[Scanned] = []
+    for file in files:
+        with collecting() as notes:
+            try:
+                image = read(file)
+                images.append((image if keep else image.without_header(), tuple(notes)))
+            except STOPS_THE_BATCH:
+                raise
+            except BaseException as exc:
+                images.append((failure_text(exc, file), tuple(notes)))
     return images
 
 
@@ -182,6 +272,9 @@ def _worker_init() -> None:
     workers itself (:meth:`Scheduler.abort`), so they need not print their own traceback.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The command turns SIGTERM into an exception in the main process; a worker is ended
+    # by it (Scheduler.abort), as by default.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     quiet_unpickling()
     keep_freed_memory()
 
@@ -248,7 +341,7 @@ MOST_BATCHED = 16
 
 def _run_batch(calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Any]:
     """Run several tasks in one worker, one after the other; their outcomes in order."""
-    return [fn(*args) for fn, args in calls]
+    return [guarded(fn, args) for fn, args in calls]
 
 
 def _batched(tasks: list[Task], workers: int) -> list[Task]:
@@ -328,8 +421,15 @@ class Scheduler:
         quadratic in its length; a short queue keeps each wait cheap.
         """
         while self.backlog and len(self.pending) < 4 * self.workers:
-            task = self.backlog.popleft()
-            self.pending[self.pool.submit(task.fn, *task.args)] = task
+            self._send(self.backlog.popleft())
+
+    def _send(self, task: Task) -> None:
+        """Hand one task to the pool, guarded (:func:`guarded`): it cannot raise there."""
+        if task.parts is None:
+            future = self.pool.submit(guarded, task.fn, task.args)
+        else:
+            future = self.pool.submit(task.fn, *task.args)  # _run_batch guards each part
+        self.pending[future] = task
 
     def run(self, jobs: list[Job]) -> None:
         with warnings.catch_warnings():
@@ -342,8 +442,7 @@ class Scheduler:
             while queue or self.pending or self.suspects or self.backlog:
                 if self.suspects:
                     if not self.pending:
-                        task = self.suspects.popleft()
-                        self.pending[self.pool.submit(task.fn, *task.args)] = task
+                        self._send(self.suspects.popleft())
                 else:
                     while queue and len(self.decoded) + len(self.writes_left) <= self.workers:
                         self._start(queue.pop())
@@ -360,6 +459,11 @@ class Scheduler:
                     except BrokenProcessPool:
                         crashed.append(task)
                         continue
+                    except STOPS_THE_BATCH:
+                        raise
+                    except BaseException as exc:  # its outcome could not be sent back
+                        failed = Outcome(None, (), failure_text(exc), internal=True)
+                        outcome = failed if task.parts is None else [failed] * len(task.parts)
                     self._done(task, outcome)
                 if crashed:
                     self._recover(crashed)
@@ -397,7 +501,7 @@ class Scheduler:
             self.closed = True
             self.pool.shutdown(wait=True)
 
-    def scan(self, files: list[Path]) -> list[DicomImage | str]:
+    def scan(self, files: list[Path]) -> list[Scanned]:
         """Headers of ``files`` (or error messages), read in batches by the workers.
 
         Until the first worker is up (each imports medeq, which takes half a second),
@@ -416,7 +520,7 @@ class Scheduler:
         batches = [names[i : i + size] for i in range(0, len(names), size)]
         if isinstance(self.pool, Inline):
             return [image for batch in batches for image in read_headers(batch)]
-        done: list[list[DicomImage | str] | None] = [None] * len(batches)
+        done: list[list[Scanned] | None] = [None] * len(batches)
         broken = False
         try:
             ready = _launch(self.pool, self.workers)
@@ -429,7 +533,7 @@ class Scheduler:
                 front += 1
             # No future is ever cancelled: a cancelled future in a pool that then breaks
             # kills the pool's manager thread (Python 3.11), which leaves workers hanging.
-            inflight: dict[Future[list[DicomImage | str]], int] = {}
+            inflight: dict[Future[list[Scanned]], int] = {}
             while front < back or inflight:
                 while front < back and not broken and len(inflight) < 2 * self.workers:
                     inflight[self.pool.submit(read_headers, batches[front], False)] = front
@@ -446,6 +550,10 @@ class Scheduler:
                         done[i] = future.result()
                     except BrokenProcessPool:
                         broken = True
+                        done[i] = read_headers(batches[i], False)
+                    except STOPS_THE_BATCH:
+                        raise
+                    except BaseException:  # its headers could not be sent back
                         done[i] = read_headers(batches[i], False)
         except BaseException:
             self.abort()
@@ -476,8 +584,7 @@ class Scheduler:
             task = tasks[0]
             path = task.job.images[task.index].info.path
             what = "decoding" if task.kind == "decode" else "writing"
-            cause = f"{path}: a worker process died while {what} it"
-            self._done(task, (None, cause) if task.kind == "decode" else ([], cause))
+            self._done(task, Outcome(None, (), f"{path}: a worker process died while {what} it"))
             return
         self.suspects.extendleft(reversed(tasks))
 
@@ -493,6 +600,14 @@ class Scheduler:
                 self._done(part, part_outcome)
             return
         job, i = task.job, task.index
+        assert isinstance(outcome, Outcome)
+        job.results[i].add_notes(outcome.notes)
+        if outcome.failure is None:
+            outcome = outcome.value
+        else:
+            path = job.images[i].info.path
+            error = f"{path}: {outcome.failure}" if outcome.internal else outcome.failure
+            outcome = (None, error) if task.kind == "decode" else ([], error)
         if task.kind == "decode":
             self.decoded[id(job)][i] = outcome
             if all(d is not None for d in self.decoded[id(job)]):

@@ -46,7 +46,7 @@ from .core import (
 )
 from .errors import ParameterError
 
-__all__ = ["Redistribution", "clahe"]
+__all__ = ["Redistribution", "check_parameters", "clahe"]
 
 #: Upper bound on tiles x bins per slice, which keeps the tile mappings in memory
 #: (at most 8 bytes an entry: 256 MB at the bound).
@@ -113,6 +113,16 @@ def _check_clip_limit(clip_limit: object) -> float | None:
             f"(no clipping), got {clip_limit!r}{hint}"
         )
     return value
+
+
+def check_parameters(clip_limit: object, kernel_size: object, redistribution: object) -> None:
+    """Refuse bad CLAHE parameters (ParameterError) before any image is read.
+
+    For a batch, which checks them once at the door rather than per image.
+    """
+    _check_clip_limit(clip_limit)
+    _check_kernel_size(kernel_size, (1 << 16, 1 << 16))
+    _as_redistribution(redistribution)
 
 
 def _as_redistribution(redistribution: object) -> Redistribution:

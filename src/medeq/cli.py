@@ -6,16 +6,20 @@ Commands: ``convert`` (:func:`medeq.convert`), ``info`` (:func:`medeq.read_info`
 a bug and shows its traceback.
 
 Exit codes: 0 all converted; 1 some inputs failed; 2 usage error or nothing to do;
-130 interrupted.
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 141 output pipe closed early.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -283,22 +287,32 @@ def _cmd_convert(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         quiet_decoders=not args.verbose,
         progress=on_result,
         on_start=on_start,
+        report=args.report,
         **_method_kwargs(args),
     )
     progress.clear()
-    if args.report:
-        report.write_json(args.report)
     if args.dry_run and not args.quiet:
         for f in report.files:
             if f.status in ("planned", "skipped"):
                 print(f"{f.status:9} {f.input} -> {', '.join(f.outputs) or '-'}")
-        for name in report.ignored:
-            print(f"{'ignored':9} {name} (not DICOM)")
+        for name, why in report.ignored:
+            print(f"{'ignored':9} {name} ({why})")
     if not args.quiet:
         t = report.totals
         where = f" -> {args.output}" if not args.dry_run else " (dry run)"
         extra = f", report {args.report}" if args.report else ""
-        ignored = f" ({len(report.ignored)} not DICOM, ignored)" if report.ignored else ""
+        not_dicom = sum(why == "not DICOM" for _, why in report.ignored)
+        ignored = ", ".join(
+            part
+            for part in (
+                f"{not_dicom} not DICOM" if not_dicom else "",
+                f"{len(report.ignored) - not_dicom} unreadable"
+                if len(report.ignored) > not_dicom
+                else "",
+            )
+            if part
+        )
+        ignored = f" ({ignored}, ignored)" if ignored else ""
         print(
             f"medeq: {t['converted']} converted, {t['skipped']} skipped, {t['failed']} failed"
             f"{', ' + str(t['planned']) + ' planned' if args.dry_run else ''} of {t['total']} "
@@ -371,34 +385,65 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it stops as on Ctrl-C (report written)."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
     _configure_logging(verbose)
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.command == "convert":
             return _cmd_convert(args, parser)
         if args.command == "info":
             return _cmd_info(args)
         return _cmd_plot(args)
-    except KeyboardInterrupt:
-        print(
-            "\nmedeq: interrupted; finished outputs are complete, run again to resume",
-            file=sys.stderr,
-        )
-        return 130
+    except KeyboardInterrupt as exc:
+        how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        report = getattr(args, "report", None)
+        written = f"; the report {report} lists what finished" if report else ""
+        with contextlib.suppress(OSError):
+            print(
+                f"\nmedeq: {how}; finished outputs are complete, run again to resume{written}",
+                file=sys.stderr,
+            )
+        return 143 if isinstance(exc, Terminated) else 130
     except MedeqError as exc:
         if verbose:
             traceback.print_exc()
         print(f"medeq: error: {exc}", file=sys.stderr)
         return 2 if args.command == "convert" else 1
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
 
 
 def main_exit() -> None:
-    """Console-script entry point: run :func:`main` and exit with its code."""
-    code = main()
+    """Console-script entry point: run :func:`main` and exit with its code.
+
+    A reader that stops early (``medeq info ... | head``) closes the pipe: the rest of
+    the output is dropped quietly, and the exit code is 141 (128 + SIGPIPE), as a shell
+    command killed by the signal would give.
+    """
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would try to flush stdout again at exit and complain: point it at
+        # /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = 141
     # The process ends here. Python's last collection would walk every object left,
     # most of them the imports' (some 40 ms); frozen, they are left to the exit.
     gc.freeze()

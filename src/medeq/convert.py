@@ -21,7 +21,9 @@ script:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
+import functools
 import os
 import threading
 import time
@@ -36,7 +38,16 @@ from numpy.typing import NDArray
 
 from . import _atomic, _kernels, core
 from ._filewalk import Place
-from ._scheduler import Later, Scheduler, Task, native_stderr_silenced
+from ._notes import collecting, note
+from ._scheduler import (
+    STOPS_THE_BATCH,
+    Later,
+    Scanned,
+    Scheduler,
+    Task,
+    failure_text,
+    native_stderr_silenced,
+)
 from ._slicewise import (
     CountedEqualization,
     SliceCounts,
@@ -47,7 +58,7 @@ from ._slicewise import (
     equalize_counted,
     stored_countable,
 )
-from .clahe import _as_redistribution
+from .clahe import check_parameters as check_clahe_parameters
 from .enhance import Derived, Method, canonical_parameters, enhance
 from .errors import MedeqError, OutputError, ParameterError
 from .normalize import VoiPlan, WindowSpec, needs_header, parse_window, voi_plan
@@ -60,7 +71,7 @@ from .reader import (
     read,
     read_whole,
 )
-from .series import Series, _make_series, find_dicom_files
+from .series import DICOM_SUFFIXES, Series, Walk, _make_series, find_dicom_files, walk
 from .writer import TransferSyntax, derive_header, derived_uid, encode_image, sidecar
 
 __all__ = ["FileResult", "Report", "convert"]
@@ -92,6 +103,12 @@ class FileResult:
     series_uid_out: str | None = None
     quality_before: dict[str, float] | None = None
     quality_after: dict[str, float] | None = None
+    #: What medeq repaired, assumed or chose for this file (see medeq._notes).
+    notes: list[str] = field(default_factory=list)
+
+    def add_notes(self, notes: Iterable[str]) -> None:
+        """Add notes not already listed, in order."""
+        self.notes.extend(n for n in dict.fromkeys(notes) if n not in self.notes)
 
 
 @dataclass
@@ -101,11 +118,15 @@ class Report:
     output: str
     parameters: dict[str, Any]
     files: list[FileResult] = field(default_factory=list)
-    #: Files found in input folders that are not DICOM (text, pictures): not converted.
-    ignored: list[str] = field(default_factory=list)
+    #: (path, why) of what input folders hold that is not converted: files that are not
+    #: DICOM (texts, pictures), link loops, broken links, empty folders named as files.
+    ignored: list[tuple[str, str]] = field(default_factory=list)
     started: str = ""
     elapsed: float = 0.0
     dry_run: bool = False
+    #: Set when the run was stopped (Ctrl-C, SIGTERM) before every file was handled:
+    #: the files listed are those that were settled.
+    interrupted: bool = False
 
     @property
     def totals(self) -> dict[str, int]:
@@ -122,7 +143,7 @@ class Report:
         totals = self.totals
         if totals["total"] == 0:
             return 2
-        return 1 if totals["failed"] else 0
+        return 1 if totals["failed"] or self.interrupted else 0
 
     def as_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data."""
@@ -136,8 +157,10 @@ class Report:
             "dry_run": self.dry_run,
             "parameters": self.parameters,
             "totals": self.totals,
+            "interrupted": self.interrupted,
             "files": [f.__dict__ for f in self.files],
-            "ignored_not_dicom": self.ignored,
+            "ignored": [{"path": p, "reason": why} for p, why in self.ignored],
+            "ignored_not_dicom": [p for p, why in self.ignored if why == "not DICOM"],
         }
 
     def write_json(self, path: str | os.PathLike[str]) -> Path:
@@ -175,6 +198,9 @@ class Job:
     results: list[FileResult]
     #: Set when the series is equalized slice-wise in the workers (see _stream_job).
     stream: VoiPlan | None = None
+    #: Some files repeat another's SOP Instance UID: their pixels are compared, so the
+    #: job is decoded into a volume (never slice-wise).
+    copies: bool = False
 
 
 # --------------------------------------------------------------------------- workers
@@ -328,8 +354,9 @@ def _write_task(
         # The source's own flaws (an invalid UID it refers to) make pydicom warn as they
         # are copied: a debug log line, not noise on a batch's standard error.
         with logged_warnings(source.name):
+            header = derive_header(source, **header_options)
             finish = encode_image(
-                derive_header(source, **header_options),
+                header,
                 pixels,
                 Path(path),
                 transfer_syntax=ts,
@@ -338,48 +365,78 @@ def _write_task(
             )
     except MedeqError as exc:
         return [], str(exc)
-    return Later(lambda: _finished(finish)) if later else _finished(finish)
+    uid = str(header.SOPInstanceUID)
+    done = functools.partial(_finished, finish, Path(path), uid, overwrite)
+    return Later(done) if later else done()
 
 
-def _finished(finish: Callable[[], list[Path]]) -> tuple[list[str], str | None]:
-    """Write the files; the run flushes them to disk (convert's Flusher), not the writer."""
+def _finished(
+    finish: Callable[[], list[Path]], path: Path, uid: str, overwrite: bool
+) -> tuple[list[str], str | None]:
+    """Write the files; the run flushes them to disk (convert's Flusher), not the writer.
+
+    A file that another run into the same folder wrote in the meantime (the same instance
+    with the same parameters, whole) counts as written. When the preview cannot be
+    written, the DICOM file just written is removed again: a rerun makes both.
+    """
+    existed = path.exists()
+    if existed and not overwrite:
+        if not _ours(path, uid):
+            return [], (
+                f"{path}: exists and is not this command's output for these parameters "
+                "(use --overwrite to replace it)"
+            )
+        note(f"{path}: written by another run into the same folder at the same time")
+        return [str(p) for p in (path, sidecar(path, ".jpg")) if p.exists()], None
     try:
         with _atomic.deferred_sync():
             return [str(p) for p in finish()], None
     except MedeqError as exc:
+        if not existed and str(exc).startswith(str(sidecar(path, ".jpg"))):
+            # This call wrote the DICOM file, then failed on the preview.
+            with contextlib.suppress(OSError):
+                path.unlink()
         return [], str(exc)
+
+
+def _ours(path: Path, uid: str) -> bool:
+    """Whether ``path`` is a whole output with SOP Instance UID ``uid``."""
+    try:
+        with native_stderr_silenced(True):
+            image = read(path)
+        return image.info.sop_instance_uid == uid and _incomplete(image, False) is None
+    except MedeqError:
+        return False
 
 
 # --------------------------------------------------------------------------- planning
 
 
-def _expand(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """(file, root) pairs, and the files of folders that are not DICOM.
+def _expand(inputs: Iterable[Path]) -> tuple[list[tuple[Path, Path]], Walk]:
+    """(file, root) pairs, and what the input folders hold that is not converted.
 
     Outputs mirror each file's path relative to its root. A folder's text files, pictures
-    and the like (:func:`_other_kind`) are left out: they are not failures of the
-    conversion. A file named on its own is always tried.
+    and the like (:func:`_other_kind`) are left out, as are links that lead nowhere: they
+    are listed as ignored, not failures of the conversion. A file named on its own is
+    always tried.
     """
     pairs: list[tuple[Path, Path]] = []
-    ignored: list[str] = []
-    for item in inputs:
-        p = Path(item)
+    passed = Walk()
+    for p in inputs:
         if p.is_dir():
-            for f in find_dicom_files(p):
+            found = walk(p)
+            passed.ignored += found.ignored
+            passed.outside.update(found.outside)
+            for f in found.files:
                 if _other_kind(f):
-                    ignored.append(str(f))
+                    passed.ignored.append((str(f), "not DICOM"))
                 else:
                     pairs.append((f, p))
         elif p.name.upper() == "DICOMDIR" and p.is_file():
             pairs += [(f, p.parent) for f in find_dicom_files(p)]
         else:
             pairs.append((p, p.parent))
-    return pairs, ignored
-
-
-#: Extensions DICOM files carry; files without an extension, or named after a UID, count
-#: as DICOM files too.
-_DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".dc3", ".ima", ".img"})
+    return pairs, passed
 
 
 def _other_kind(file: Path) -> bool:
@@ -390,7 +447,7 @@ def _other_kind(file: Path) -> bool:
     """
     suffix = file.suffix.lower()
     named_otherwise = suffix[1:].isalnum() and not suffix[1:].isdigit()
-    return named_otherwise and suffix not in _DICOM_SUFFIXES and not looks_like_dicom(file)
+    return named_otherwise and suffix not in DICOM_SUFFIXES and not looks_like_dicom(file)
 
 
 def _check_output(output: Path, inputs: Iterable[str | os.PathLike[str]]) -> None:
@@ -407,26 +464,44 @@ def _check_output(output: Path, inputs: Iterable[str | os.PathLike[str]]) -> Non
             )
 
 
-def _target(file: Path, root: Path, output: Path, taken: set[Path]) -> Path:
-    try:
-        relative = file.resolve().relative_to(root.resolve())
-    except ValueError:
+def _target(file: Path, root: Path, output: Path, taken: set[str]) -> Path:
+    """Where ``file``'s output goes: its path below ``root``, mirrored below ``output``.
+
+    Unique by construction: a name whose DICOM file, preview or figure (see
+    :func:`~medeq.writer.sidecar`) would be one that another input already took, compared
+    without case (``x`` and ``x.dcm`` both preview as ``x.jpg``), gets a number.
+    """
+    for base in (root, root.resolve()):
+        try:
+            relative = file.relative_to(base)
+            break
+        except ValueError:
+            continue
+    else:
         relative = Path(file.name)
     target = output / relative
     n = 1
-    while target in taken:
+    while any(k in taken for k in _family(target)):
         n += 1
         target = target.with_name(f"{relative.stem}_{n}{relative.suffix}")
-    taken.add(target)
+    taken.update(_family(target))
     return target
 
 
-def _already_done(target: Path, expected_uid: str, preview: bool) -> bool | str:
-    """True if ``target`` is this command's own output; a message if it is something else.
+def _family(target: Path) -> list[str]:
+    """The files one output may consist of, as keys that ignore case."""
+    files = (target, sidecar(target, ".jpg"), sidecar(target, ".comparison.png"))
+    return [str(f).casefold() for f in files]
 
-    Outputs are flushed to disk after they are renamed into place (see
-    :mod:`medeq._atomic`): one left short by a power cut before its flush is found here,
-    by reading it whole.
+
+def _already_done(target: Path, expected_uid: str, preview: bool, result: FileResult) -> bool | str:
+    """True if ``target`` is this command's whole output; a message if it is something else.
+
+    An earlier output of this command that is not whole (a kill between the DICOM file and
+    its preview, a power cut before its flush left it short) is removed, to be made
+    again, with a note on ``result``. Outputs are flushed to disk after they are renamed
+    into place (see :mod:`medeq._atomic`): one left short is found here by reading it
+    whole.
     """
     if not target.exists():
         return False
@@ -441,12 +516,20 @@ def _already_done(target: Path, expected_uid: str, preview: bool) -> bool | str:
             "(use --overwrite to replace it)"
         )
     problem = _incomplete(image, preview)
-    if problem:
+    if problem is None:
+        return True
+    try:
+        for stale in (sidecar(target, ".jpg"), target):
+            stale.unlink(missing_ok=True)
+    except OSError as exc:
         return (
-            f"{target}: an earlier output of this command is incomplete ({problem}); "
-            "use --overwrite to replace it"
+            f"{target}: an earlier output of this command is incomplete ({problem}) and "
+            f"cannot be removed: {exc.strerror}"
         )
-    return True
+    result.add_notes(
+        [f"{target}: an earlier output of this command was incomplete ({problem}): made again"]
+    )
+    return False
 
 
 def _incomplete(image: DicomImage, preview: bool) -> str | None:
@@ -461,24 +544,25 @@ def _incomplete(image: DicomImage, preview: bool) -> str | None:
                 _ = image.stored  # native: read in place, its length checked
     except MedeqError as exc:
         return str(exc)
+    if not preview:
+        return None
     jpeg = sidecar(Path(image.name), ".jpg")
-    if preview and jpeg.exists():
-        try:
-            with open(jpeg, "rb") as f:
-                f.seek(-2, os.SEEK_END)
-                whole = f.read(2) == b"\xff\xd9"  # a JPEG ends with its EOI marker
-        except OSError:
-            whole = False
-        if not whole:
-            return f"its preview {jpeg} is cut short"
-    return None
+    try:
+        with open(jpeg, "rb") as f:
+            f.seek(-2, os.SEEK_END)
+            whole = f.read(2) == b"\xff\xd9"  # a JPEG ends with its EOI marker
+    except FileNotFoundError:
+        return f"its preview {jpeg} is missing"
+    except OSError:
+        whole = False
+    return None if whole else f"its preview {jpeg} is cut short"
 
 
 # --------------------------------------------------------------------------- convert
 
 
 def convert(
-    inputs: Iterable[str | os.PathLike[str]],
+    inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     output: str | os.PathLike[str],
     *,
     method: Method | str = "global",
@@ -502,13 +586,14 @@ def convert(
     quiet_decoders: bool = True,
     progress: Callable[[FileResult], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    report: str | os.PathLike[str] | None = None,
 ) -> Report:
     """Convert files, folders (recursive) and DICOMDIRs into equalized derived DICOM.
 
     Parameters
     ----------
-    inputs : iterable of paths
-        Files, folders and DICOMDIR files.
+    inputs : path or iterable of paths
+        Files, folders and DICOMDIR files (one path alone is one input).
     output : path
         The output folder; the tree below it mirrors each input's relative paths.
     method, bins, levels, window, mask, per_slice, variant
@@ -543,6 +628,9 @@ def convert(
         Called with each :class:`FileResult` as it is settled.
     on_start : callable, optional
         Called once with the number of input files found, before any is read.
+    report : path, optional
+        Write the report here as JSON (atomically) however the run ends: finished,
+        interrupted (Ctrl-C; ``report.interrupted``), or stopped by an error of its own.
 
     Returns
     -------
@@ -557,7 +645,7 @@ def convert(
     OutputError
         When the output folder lies in an input folder (or contains one).
     """
-    paths = [Path(i) for i in inputs]
+    paths = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(i) for i in inputs]
     ts = TransferSyntax.parse(transfer_syntax)
     try:
         how = Method(method)
@@ -567,7 +655,7 @@ def convert(
     core._check_levels(levels)
     core._as_variant(variant)
     parse_window(window)
-    _as_redistribution(redistribution)
+    check_clahe_parameters(clip_limit, kernel_size, redistribution)
     if mask not in (None, "none", "auto"):
         raise ParameterError(f"mask must be 'none' or 'auto', got {mask!r}")
     workers = (os.cpu_count() or 1) if jobs is None else jobs
@@ -587,7 +675,7 @@ def convert(
         "kernel_size": kernel_size,
         "redistribution": redistribution,
     }
-    report = Report(
+    made = Report(
         output=str(out),
         parameters={
             **{k: (v.value if isinstance(v, Method) else v) for k, v in enhance_options.items()},
@@ -600,23 +688,66 @@ def convert(
         started=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         dry_run=dry_run,
     )
+    settings = _Settings(
+        enhance_options, ts, preview, figure, overwrite, keep_private, in_process=workers == 1
+    )
     clock = time.perf_counter()
+    try:
+        _run(
+            made,
+            paths,
+            out,
+            settings,
+            workers,
+            jobs is None,
+            dry_run,
+            sync,
+            quiet_decoders,
+            progress,
+            on_start,
+        )
+    except KeyboardInterrupt:
+        made.interrupted = True
+        raise
+    finally:
+        made.elapsed = time.perf_counter() - clock
+        if report is not None:
+            made.write_json(report)
+    return made
 
+
+def _run(
+    report: Report,
+    paths: list[Path],
+    out: Path,
+    settings: _Settings,
+    workers: int,
+    default_jobs: bool,
+    dry_run: bool,
+    sync: bool,
+    quiet_decoders: bool,
+    progress: Callable[[FileResult], None] | None,
+    on_start: Callable[[int], None] | None,
+) -> None:
+    """The batch of :func:`convert`, its parameters checked: ``report`` is filled in."""
     flusher: _atomic.Flusher | None = None
+    pairs, passed = _expand(paths)
+    report.ignored = passed.ignored
 
     def settle(result: FileResult) -> None:
+        followed = passed.outside.get(Path(result.input))
+        if followed is not None:
+            result.add_notes([f"{result.input}: read through a symbolic link, from {followed}"])
         report.files.append(result)
         if flusher is not None and result.status == "converted":
             flusher.add(result.outputs)
         if progress is not None:
             progress(result)
 
-    pairs, report.ignored = _expand(paths)
     if on_start is not None:
         on_start(len(pairs))
     if not pairs:
-        report.elapsed = time.perf_counter() - clock
-        return report
+        return
 
     def first_pass(job: Job) -> list[Task]:
         plan = job.stream
@@ -639,33 +770,58 @@ def convert(
         ]
 
     def second_pass(job: Job, outcomes: list[Any], submit: Callable[[Task], None]) -> int:
-        if job.stream is not None:
-            return _stream_job(job, outcomes, submit, settings, settle, quiet_decoders)
-        return _equalize_job(job, outcomes, submit, settings, settle)
+        """Decide the job here and submit its writes; a failure fails its files alone."""
+        sent: set[int] = set()
+
+        def send(task: Task) -> None:
+            sent.add(task.index)
+            submit(task)
+
+        with collecting() as notes:
+            try:
+                if job.stream is not None:
+                    return _stream_job(job, outcomes, send, settings, settle, quiet_decoders)
+                return _equalize_job(job, outcomes, send, settings, settle)
+            except STOPS_THE_BATCH:
+                raise
+            except BaseException as exc:
+                for i, result in enumerate(job.results):
+                    if result.status == "planned" and i not in sent:
+                        result.status, result.outputs = "failed", []
+                        result.error = failure_text(exc, job.images[i].name)
+                        settle(result)
+                return len(sent)
+            finally:
+                _share_notes(job, notes)
 
     # Starting a worker costs about half a second (it imports medeq): more workers than
     # files would only cost that, and by default a small batch does not use every core.
-    if jobs is None:
+    if default_jobs:
         workers = min(workers, max(1, len(pairs) // FILES_PER_WORKER))
     scheduler = Scheduler(min(workers, len(pairs)), first_pass, second_pass, settle)
-    settings = _Settings(
-        enhance_options,
-        ts,
-        preview,
-        figure,
-        overwrite,
-        keep_private,
-        in_process=scheduler.workers == 1,
-    )
+    if scheduler.workers == 1 and not settings.in_process:
+        settings = dataclasses.replace(settings, in_process=True)
     warm: threading.Thread | None = None
-    slice_wise = how is Method.GLOBAL and not per_slice and mask in (None, "none") and not figure
+    options = settings.enhance
+    how = options["method"]
+    slice_wise = (
+        how is Method.GLOBAL
+        and not options["per_slice"]
+        and options["mask"] in (None, "none")
+        and not settings.figure
+    )
     try:
         headers = scheduler.scan([file for file, _ in pairs])
         jobs_todo = _plan(pairs, headers, out, settings, dry_run, settle)
         if not dry_run and jobs_todo:
             for job in jobs_todo:
-                if slice_wise and len(job.images) >= 2 and _by_slice(job, settings):
-                    job.stream = _stream_plan(job, window)
+                if (
+                    slice_wise
+                    and len(job.images) >= 2
+                    and not job.copies
+                    and _by_slice(job, settings)
+                ):
+                    job.stream = _stream_plan(job, options["window"])
             kernels: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
             if how is Method.GLOBAL and not _kernels.loaded():
                 pixels = sum(_pixels(job) for job in jobs_todo if job.stream is None)
@@ -688,8 +844,19 @@ def convert(
             _flush(report, flusher.close(), progress)
     if warm is not None:
         warm.join()
-    report.elapsed = time.perf_counter() - clock
-    return report
+
+
+def _share_notes(job: Job, notes: list[str]) -> None:
+    """Give each file of ``job`` the notes that name it, and every file those naming none.
+
+    A note about one slice's header belongs to that slice; one about the series (its
+    values are constant) to all of them.
+    """
+    names = [image.name for image in job.images]
+    for text in notes:
+        about = [i for i, name in enumerate(names) if text.startswith(f"{name}:")]
+        for i in about or range(len(names)):
+            job.results[i].add_notes([text])
 
 
 def _flush(
@@ -743,85 +910,120 @@ def _stream_plan(job: Job, window: WindowSpec) -> VoiPlan | None:
 
 def _plan(
     pairs: list[tuple[Path, Path]],
-    headers: list[DicomImage | str],
+    headers: list[Scanned],
     out: Path,
     settings: _Settings,
     dry_run: bool,
     settle: Callable[[FileResult], None],
 ) -> list[Job]:
-    overwrite = settings.overwrite
+    """Group the scanned files into jobs; settle those that failed, are done or planned.
+
+    Whatever goes wrong while planning one series fails its files, and only them.
+    """
     groups: dict[str, list[tuple[DicomImage, Path]]] = {}
-    taken: set[Path] = set()
-    for (file, root), image in zip(pairs, headers, strict=True):
+    notes: dict[int, tuple[str, ...]] = {}
+    taken: set[str] = set()
+    for (file, root), (image, made) in zip(pairs, headers, strict=True):
         if isinstance(image, str):
-            settle(FileResult(str(file), "failed", error=image))
+            failed = FileResult(str(file), "failed", error=image)
+            failed.add_notes(made)
+            settle(failed)
             continue
+        notes[id(image)] = made
         target = _target(file, root, out, taken)
         groups.setdefault(image.info.series_instance_uid or str(file), []).append((image, target))
 
     jobs: list[Job] = []
+    settled: set[str] = set()
+
+    def settle_once(result: FileResult) -> None:
+        settled.add(result.input)
+        settle(result)
+
     for uid, members in groups.items():
-        targets = {id(im): t for im, t in members}
-        series = _make_series(uid, [im for im, _ in members])
-        # A duplicate (same SOP Instance UID) joins its series' job right after the image
-        # it repeats: all are decoded, and the first that decodes is converted (a broken
-        # copy must not stand in for a good one). A dry run cannot tell: it plans the first.
-        copies: dict[str, list[DicomImage]] = {}
-        for dup in series.duplicates:
-            if dry_run:
-                settle(_duplicate_result(dup, _first_copy(series.images, dup)))
-            else:
-                copies.setdefault(_sop_key(dup), []).append(dup)
-        # Images of different sizes cannot share a volume histogram: one job each.
-        batches = [series.images] if series.stackable else [[im] for im in series.images]
-        for batch in batches:
-            canonical = canonical_parameters(
-                batch, keep_private=settings.keep_private, **settings.enhance
-            )
-            series_out = derived_uid(
-                batch[0].info.series_instance_uid or batch[0].info.sop_instance_uid,
-                canonical,
-                "series",
-            )
-            job = Job([], [], [], [])
-            for first in batch:
-                first_done: bool | str = False
-                for im in [first, *copies.get(_sop_key(first), [])]:
-                    target = targets[id(im)]
+        try:
+            jobs += _plan_series(uid, members, notes, settings, dry_run, settle_once)
+        except STOPS_THE_BATCH:
+            raise
+        except BaseException as exc:
+            for image, _ in members:
+                if str(image.info.path) not in settled:
+                    error = failure_text(exc, image.name)
+                    settle_once(FileResult(str(image.info.path), "failed", error=error))
+    return jobs
+
+
+def _plan_series(
+    uid: str,
+    members: list[tuple[DicomImage, Path]],
+    notes: dict[int, tuple[str, ...]],
+    settings: _Settings,
+    dry_run: bool,
+    settle: Callable[[FileResult], None],
+) -> list[Job]:
+    """The jobs of one series (one, or one per image when they cannot form a volume)."""
+    targets = {id(im): t for im, t in members}
+    series = _make_series(uid, [im for im, _ in members])
+    # A duplicate (same SOP Instance UID) joins its series' job right after the image it
+    # repeats: all are decoded, the first that decodes is converted (a broken copy must not
+    # stand in for a good one), and the others are compared with it: the same pixels are
+    # skipped, other pixels are a conflict. A dry run cannot tell: it plans the first.
+    copies: dict[str, list[DicomImage]] = {}
+    for dup in series.duplicates:
+        if dry_run:
+            settle(_duplicate_result(dup, _first_copy(series.images, dup)))
+        else:
+            copies.setdefault(_sop_key(dup), []).append(dup)
+    # Images of different sizes cannot share a volume histogram: one job each.
+    batches = [series.images] if series.stackable else [[im] for im in series.images]
+    jobs: list[Job] = []
+    for batch in batches:
+        canonical = canonical_parameters(
+            batch, keep_private=settings.keep_private, **settings.enhance
+        )
+        series_out = derived_uid(
+            batch[0].info.series_instance_uid or batch[0].info.sop_instance_uid,
+            canonical,
+            "series",
+        )
+        job = Job([], [], [], [])
+        for first in batch:
+            for im in [first, *copies.get(_sop_key(first), [])]:
+                job.copies = job.copies or im is not first
+                target = targets[id(im)]
+                result = FileResult(
+                    str(im.info.path),
+                    "planned",
+                    [str(target)],
+                    series_uid_in=im.info.series_instance_uid,
+                    series_uid_out=series_out,
+                )
+                result.add_notes(notes.get(id(im), ()))
+                done: bool | str = False
+                if not settings.overwrite:
                     expected = derived_uid(im.info.sop_instance_uid, canonical, "instance")
-                    done = False if overwrite else _already_done(target, expected, settings.preview)
-                    if im is first:
-                        first_done = done
-                    elif first_done is True:
-                        done = True  # its first copy is converted: it would be skipped
-                    result = FileResult(
-                        str(im.info.path),
-                        "planned",
-                        [str(target)],
-                        series_uid_in=im.info.series_instance_uid,
-                        series_uid_out=series_out,
-                    )
-                    if isinstance(done, str):
-                        result.status, result.error, result.outputs = "failed", done, []
-                        settle(result)
-                        continue
-                    job.images.append(im)
-                    job.targets.append(target)
-                    job.done.append(done)
-                    job.results.append(result)
-            if not job.images:
-                continue
-            if all(job.done):
-                for r in job.results:
-                    r.status = "skipped"
-                    settle(r)
-                continue
-            if dry_run:
-                for r, d in zip(job.results, job.done, strict=True):
-                    r.status = "skipped" if d else "planned"
-                    settle(r)
-                continue
-            jobs.append(job)
+                    done = _already_done(target, expected, settings.preview, result)
+                if isinstance(done, str):
+                    result.status, result.error, result.outputs = "failed", done, []
+                    settle(result)
+                    continue
+                job.images.append(im)
+                job.targets.append(target)
+                job.done.append(done)
+                job.results.append(result)
+        if not job.images:
+            continue
+        if all(job.done):
+            for r in job.results:
+                r.status = "skipped"
+                settle(r)
+            continue
+        if dry_run:
+            for r, d in zip(job.results, job.done, strict=True):
+                r.status = "skipped" if d else "planned"
+                settle(r)
+            continue
+        jobs.append(job)
     return jobs
 
 
@@ -840,9 +1042,11 @@ def _equalize_job(
         if errors[i] is None and needs_header(image):
             try:
                 _ = image.dataset
-            except MedeqError as exc:
-                errors[i] = str(exc)
-    good = _settle_failed(job, errors, settle)
+            except STOPS_THE_BATCH:
+                raise
+            except BaseException as exc:
+                errors[i] = failure_text(exc, image.name)
+    good = _settle_failed(job, errors, settle, pixels=[a for a, _ in arrays])
     for i in good:
         arr = arrays[i][0]
         assert arr is not None
@@ -959,8 +1163,10 @@ def _normalised_counts(
         return outcome
     try:
         normalised = counts_through(image, plan, counted)
-    except MedeqError as exc:
-        return None, str(exc)
+    except STOPS_THE_BATCH:
+        raise
+    except BaseException as exc:  # a bug with one file's header fails that file alone
+        return None, failure_text(exc, image.name)
     return ("volume" if normalised is None else normalised), error
 
 
@@ -997,24 +1203,36 @@ def _settle_failed(
     errors: list[str | None],
     settle: Callable[[FileResult], None],
     indices: list[int] | None = None,
+    pixels: list[NDArray[Any] | None] | None = None,
 ) -> list[int]:
     """Settle the files of ``job`` that failed, or repeat an earlier file; return the rest.
 
     Of several copies of one instance (same SOP Instance UID), the first without an
-    error is kept and the later ones are skipped.
+    error is kept; a later one with the same ``pixels`` is skipped, one with other pixels
+    fails as a conflict naming both files.
     """
     good: list[int] = []
-    kept: dict[str, DicomImage] = {}
+    kept: dict[str, int] = {}
     for i, error in zip(indices or range(len(errors)), errors, strict=True):
         result = job.results[i]
         image = job.images[i]
-        if error is None and _sop_key(image) not in kept:
-            kept[_sop_key(image)] = image
+        first = kept.get(_sop_key(image))
+        if error is None and first is None:
+            kept[_sop_key(image)] = i
             good.append(i)
             continue
-        if error is None:
-            skipped = _duplicate_result(image, kept[_sop_key(image)])
-            result.status, result.error = skipped.status, skipped.error
+        if error is None and first is not None:
+            original = job.images[first]
+            if pixels is None or np.array_equal(pixels[i], pixels[first]):  # type: ignore[arg-type]
+                skipped = _duplicate_result(image, original)
+                result.status, result.error = skipped.status, skipped.error
+            else:
+                result.status = "failed"
+                result.error = (
+                    f"{image.name}: conflict: the same (0008,0018) SOP Instance UID "
+                    f"{image.info.sop_instance_uid} as {original.name}, but other pixel data "
+                    f"(only {original.name} is converted)"
+                )
         else:
             result.status, result.error = "failed", error
         result.outputs = []

@@ -10,6 +10,7 @@ on the :class:`Series` (duplicates, gaps, mixed orientations, mixed sizes), and
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import statistics
@@ -26,7 +27,7 @@ from .errors import DicomError, NotDicomError, SeriesError
 from .normalize import modality_values, stack_frames
 from .reader import DicomImage, read
 
-__all__ = ["Series", "find_dicom_files", "read_series"]
+__all__ = ["DICOM_SUFFIXES", "Series", "Walk", "find_dicom_files", "read_series", "walk"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,14 +143,15 @@ def find_dicom_files(
     """The files a folder (recursive), a DICOMDIR or a list of these holds, sorted.
 
     A DICOMDIR contributes the files its records reference; a folder contributes every
-    regular file below it except DICOMDIR files and hidden files.
+    regular file below it except DICOMDIR files and hidden files (see :func:`walk`).
     """
     items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     found: list[Path] = []
     seen: set[Path] = set()
     for item in items:
         path = Path(item)
-        for f in _expand(path):
+        files = walk(path).files if path.is_dir() else _expand(path)
+        for f in files:
             key = f.resolve()
             if key not in seen:
                 seen.add(key)
@@ -157,16 +159,91 @@ def find_dicom_files(
     return found
 
 
+@dataclass
+class Walk:
+    """What :func:`walk` found below a folder."""
+
+    #: Regular files, sorted, DICOMDIR and hidden files left out.
+    files: list[Path] = field(default_factory=list)
+    #: (path, why) of what was found but cannot be read as a file: a link loop, a broken
+    #: link, a folder named like a DICOM file with no file in it, a socket or pipe.
+    ignored: list[tuple[str, str]] = field(default_factory=list)
+    #: Files reached through a symbolic link that leads out of the folder: where it leads.
+    outside: dict[Path, Path] = field(default_factory=dict)
+
+
+def walk(folder: Path) -> Walk:
+    """Every regular file below ``folder``, and what was passed over, and why.
+
+    Symbolic links are followed, as DCMTK and dcm2niix do (an export folder of links into
+    an archive is common); a link that leads out of ``folder`` is recorded in
+    :attr:`Walk.outside`, and a folder reached again through a link (a loop) is entered
+    only once.
+    """
+    found = Walk()
+    top = folder.resolve()
+    entered: set[Path] = set()
+
+    def visit(directory: Path) -> None:
+        real = directory.resolve()
+        if real in entered:
+            found.ignored.append((str(directory), "symbolic link loop: the folder is already read"))
+            return
+        entered.add(real)
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            found.ignored.append((str(directory), f"cannot list the folder: {exc.strerror}"))
+            return
+        had_file = False
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            if entry.is_symlink() and not path.exists():
+                why = "symbolic link loop" if _loops(path) else "broken symbolic link"
+                found.ignored.append((str(path), why))
+                continue
+            try:
+                is_dir, is_file = entry.is_dir(), entry.is_file()
+            except OSError as exc:  # a permission problem
+                found.ignored.append((str(path), f"cannot be read: {exc.strerror}"))
+                continue
+            if is_dir:
+                visit(path)
+            elif is_file:
+                had_file = True
+                if entry.name.upper() == "DICOMDIR":
+                    continue
+                found.files.append(path)
+                if entry.is_symlink() or real != directory.absolute():
+                    target = path.resolve()
+                    if top not in target.parents:
+                        found.outside[path] = target
+            else:
+                found.ignored.append((str(path), "not a regular file (a socket, pipe or device)"))
+        if not had_file and directory.suffix.lower() in DICOM_SUFFIXES and directory != folder:
+            found.ignored.append((str(directory), "a folder named like a DICOM file, with no file"))
+
+    visit(folder)
+    return found
+
+
+#: Extensions DICOM files carry.
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".dc3", ".ima", ".img"})
+
+
+def _loops(path: Path) -> bool:
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a loop so
+        return True
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
+
+
 def _expand(path: Path) -> list[Path]:
-    if path.is_dir():
-        files = [
-            p
-            for p in sorted(path.rglob("*"))
-            if p.is_file()
-            and p.name.upper() != "DICOMDIR"
-            and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        ]
-        return files
     if path.name.upper() == "DICOMDIR" and path.is_file():
         return _dicomdir_files(path)
     return [path]

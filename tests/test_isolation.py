@@ -1,0 +1,260 @@
+"""One file never spoils a batch: failures are isolated, the report always lands.
+
+Each test here failed on the code before the batch guarded its tasks (see
+medeq._scheduler.guarded) or broke a promise of the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+import medeq
+
+from .conftest import synthetic_series
+from .test_cli import interrupted, make_series
+from .test_cli import medeq as run_medeq
+
+
+class Panic(BaseException):
+    """What a native decoder's panic looks like from Python (pyo3: not an Exception)."""
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+@pytest.mark.parametrize("kind", [TypeError, Panic])
+def test_a_bug_in_one_file_fails_that_file_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: int, kind: type[BaseException]
+) -> None:
+    # A bug of medeq's (or a native panic) while normalising one file: that file fails
+    # with the class, message and medeq frame; every other file is converted.
+    synthetic_series(tmp_path / "in")
+    module = sys.modules["medeq.normalize"]  # medeq.normalize is the function
+    real = module.modality_values
+
+    def flaky(image: medeq.DicomImage) -> object:
+        if image.name.endswith("CT_small_2.dcm"):
+            raise kind("boom in the middle")
+        return real(image)
+
+    monkeypatch.setattr(module, "modality_values", flaky)
+    report_path = tmp_path / "report.json"
+    report = medeq.convert(tmp_path / "in", tmp_path / "out", jobs=jobs, report=report_path)
+    failed = [r for r in report.files if r.status == "failed"]
+    # Slice-wise, the whole series' mapping needs every slice: the bad slice fails and
+    # its series is still converted from the others.
+    assert [Path(r.input).name for r in failed] == ["CT_small_2.dcm"]
+    error = str(failed[0].error)
+    assert error.startswith(str(tmp_path / "in" / "CT_small_2.dcm"))
+    assert f"internal error {kind.__name__}" in error and "boom in the middle" in error
+    assert "at medeq/" in error and "\n" not in error
+    assert report.totals["converted"] == 6 and report.exit_code == 1
+    written = json.loads(report_path.read_text())
+    assert written["totals"]["failed"] == 1 and written["files"][0]["notes"] == []
+
+
+def test_the_report_is_written_when_the_run_is_interrupted(tmp_path: Path) -> None:
+    synthetic_series(tmp_path / "in")
+    seen: list[medeq.FileResult] = []
+
+    def progress(result: medeq.FileResult) -> None:
+        seen.append(result)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    report_path = tmp_path / "report.json"
+    with pytest.raises(KeyboardInterrupt):
+        medeq.convert(
+            [tmp_path / "in"], tmp_path / "out", jobs=1, progress=progress, report=report_path
+        )
+    report = json.loads(report_path.read_text())
+    assert report["interrupted"] is True
+    assert len(report["files"]) == 2
+    for f in report["files"]:
+        assert all(Path(p).is_file() for p in f["outputs"])
+
+
+def test_one_path_is_one_input(tmp_path: Path) -> None:
+    # A str was iterated character by character (and so converted the current folder).
+    ct = get_testdata_file("CT_small.dcm")
+    report = medeq.convert(ct, tmp_path / "out", jobs=1)
+    assert [r.input for r in report.files] == [ct]
+    assert report.totals["converted"] == 1
+    assert medeq.convert(Path(ct), tmp_path / "out", jobs=1).totals["skipped"] == 1
+
+
+def test_a_bad_clahe_parameter_is_a_usage_error(tmp_path: Path) -> None:
+    ct = get_testdata_file("CT_small.dcm")
+    with pytest.raises(medeq.ParameterError, match="clip_limit must be in"):
+        medeq.convert(ct, tmp_path / "out", method="clahe", clip_limit=0)
+    assert not (tmp_path / "out").exists()
+    run = run_medeq(
+        "convert", ct, "-o", str(tmp_path / "out"), "--method", "clahe", "--clip-limit", "0"
+    )
+    assert run.returncode == 2 and "clip_limit must be in" in run.stderr
+
+
+def _copy_with_pixels(source: Path, target: Path, change: int) -> None:
+    ds = pydicom.dcmread(source)
+    pixels = ds.pixel_array.copy()
+    pixels[0, 0] += change
+    ds.PixelData = pixels.tobytes()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(target)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_same_instance_with_other_pixels_is_a_conflict(tmp_path: Path, jobs: int) -> None:
+    ct = Path(get_testdata_file("CT_small.dcm"))
+    (tmp_path / "in").mkdir()
+    shutil.copy(ct, tmp_path / "in" / "a.dcm")
+    shutil.copy(ct, tmp_path / "in" / "b.dcm")  # the same instance again: skipped
+    _copy_with_pixels(ct, tmp_path / "in" / "c.dcm", 7)  # same UID, other pixels
+    report = medeq.convert(tmp_path / "in", tmp_path / "out", jobs=jobs)
+    status = {Path(r.input).name: r for r in report.files}
+    assert status["a.dcm"].status == "converted"
+    assert status["b.dcm"].status == "skipped"
+    assert status["c.dcm"].status == "failed" and report.exit_code == 1
+    error = str(status["c.dcm"].error)
+    assert "conflict" in error and "a.dcm" in error and "c.dcm" in error
+
+
+def test_a_broken_copy_fails_on_every_run(tmp_path: Path) -> None:
+    # It shares its SOP Instance UID with a good file: the rerun must not call it done,
+    # nor list an output that does not exist.
+    ct = Path(get_testdata_file("CT_small.dcm"))
+    (tmp_path / "in").mkdir()
+    shutil.copy(ct, tmp_path / "in" / "a.dcm")
+    data = ct.read_bytes()
+    (tmp_path / "in" / "b.dcm").write_bytes(data[: len(data) - 5000])
+    for _ in range(2):
+        report = medeq.convert(tmp_path / "in", tmp_path / "out", jobs=1)
+        status = {Path(r.input).name: r for r in report.files}
+        assert status["b.dcm"].status == "failed" and report.exit_code == 1
+        assert status["b.dcm"].outputs == []
+        for r in report.files:
+            assert all(Path(p).is_file() for p in r.outputs)
+
+
+def test_output_names_are_unique_by_construction(tmp_path: Path) -> None:
+    # in/x and in/x.dcm would both preview as out/x.jpg.
+    ct = Path(get_testdata_file("CT_small.dcm"))
+    (tmp_path / "in").mkdir()
+    shutil.copy(ct, tmp_path / "in" / "x")
+    _copy_with_pixels(ct, tmp_path / "in" / "x.dcm", 3)
+    ds = pydicom.dcmread(tmp_path / "in" / "x.dcm")
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(tmp_path / "in" / "x.dcm")
+    report = medeq.convert(tmp_path / "in", tmp_path / "out", jobs=1)
+    assert report.totals["converted"] == 2 and report.exit_code == 0
+    outputs = [p for r in report.files for p in r.outputs]
+    assert len(outputs) == len(set(outputs)) == 4
+    assert all(Path(p).is_file() for p in outputs)
+
+
+def test_what_a_folder_holds_besides_files_is_listed(tmp_path: Path) -> None:
+    ct = Path(get_testdata_file("CT_small.dcm"))
+    inputs = tmp_path / "in"
+    (inputs / "empty.dcm").mkdir(parents=True)  # a folder named like a file
+    shutil.copy(ct, inputs / "ct.dcm")
+    (inputs / "loop").symlink_to(inputs / "loop")  # a link to itself
+    (inputs / "gone.dcm").symlink_to(tmp_path / "nowhere.dcm")
+    (inputs / "sub").symlink_to(inputs)  # the folder again, through a link
+    elsewhere = tmp_path / "archive"
+    make_series(elsewhere, 1)
+    (inputs / "linked").symlink_to(elsewhere)  # followed, as DCMTK does
+    report = medeq.convert(inputs, tmp_path / "out", jobs=1, report=tmp_path / "r.json")
+    ignored = dict(report.ignored)
+    assert ignored[str(inputs / "empty.dcm")].startswith("a folder named like a DICOM file")
+    assert ignored[str(inputs / "loop")] == "symbolic link loop"
+    assert ignored[str(inputs / "gone.dcm")] == "broken symbolic link"
+    assert "already read" in ignored[str(inputs / "sub")]
+    assert report.totals["converted"] == 2 and report.exit_code == 0
+    [linked] = [r for r in report.files if "linked" in r.input]
+    assert linked.notes == [
+        f"{linked.input}: read through a symbolic link, from {elsewhere / 'slice000.dcm'}"
+    ]
+    listed = json.loads((tmp_path / "r.json").read_text())["ignored"]
+    assert {"path": str(inputs / "loop"), "reason": "symbolic link loop"} in listed
+
+
+def test_two_runs_into_one_folder_at_once_both_succeed(tmp_path: Path) -> None:
+    # A file the other run has just finished counts as done, whichever run gets there
+    # first; neither speaks of the library's overwrite=True.
+    for k in range(8):
+        make_series(tmp_path / "in" / f"s{k}", 2)
+    command = [sys.executable, "-m", "medeq", "convert", str(tmp_path / "in")]
+    command += ["-o", str(tmp_path / "out"), "--jobs", "1"]
+    runs = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for run in runs:
+        _, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, stderr
+        assert "overwrite=True" not in stderr
+    assert len(list((tmp_path / "out").rglob("*.dcm"))) == 16
+    assert not list((tmp_path / "out").rglob("*.part"))
+
+
+def test_sigterm_writes_the_report_and_exits_143(tmp_path: Path) -> None:
+    for k in range(4):
+        make_series(tmp_path / "in" / f"s{k}", 2)
+    report_path = tmp_path / "r.json"
+    run = interrupted(
+        "SIGTERM", 1, "convert", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+        "--jobs", "1", "--report", str(report_path),
+    )  # fmt: skip
+    assert run.returncode == 143, run.stderr
+    assert "Traceback" not in run.stderr and "terminated" in run.stderr
+    report = json.loads(report_path.read_text())
+    assert report["interrupted"] is True and report["totals"]["converted"] >= 1
+
+
+def test_a_closed_pipe_is_no_traceback(tmp_path: Path) -> None:
+    # More output than a pipe holds, so the writer meets the closed pipe for certain.
+    ct = get_testdata_file("CT_small.dcm")
+    files = " ".join([ct] * 1000)  # 100 kB of output from either command
+    for command in (f"info --json {files}", f"convert --dry-run {files} -o {tmp_path}/o"):
+        run = subprocess.run(
+            ["bash", "-c", f"set -o pipefail; {sys.executable} -m medeq {command} | head -2"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert "Traceback" not in run.stderr and "BrokenPipe" not in run.stderr, run.stderr
+        assert run.returncode == 141
+        assert len(run.stdout.splitlines()) == 2
+
+
+def test_every_failure_of_a_mixed_folder_is_in_the_report(tmp_path: Path) -> None:
+    # Healthy files, files that are not DICOM, truncated and empty DICOM: exit 1, every
+    # healthy file converted, every other one in the report with a reason, no traceback.
+    synthetic_series(tmp_path / "in")
+    ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    (tmp_path / "in" / "cut.dcm").write_bytes(ct[:1000])
+    (tmp_path / "in" / "empty.dcm").write_bytes(b"")
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    (tmp_path / "in" / "noise.dcm").write_bytes(np.random.default_rng(1).bytes(5000))
+    for jobs in ("1", "2"):
+        out = tmp_path / f"out{jobs}"
+        run = run_medeq(
+            "convert", str(tmp_path / "in"), "-o", str(out), "--jobs", jobs,
+            "--report", str(out / "report.json"),
+        )  # fmt: skip
+        assert run.returncode == 1 and "Traceback" not in run.stderr
+        report = json.loads((out / "report.json").read_text())
+        status = {Path(f["input"]).name: f for f in report["files"]}
+        assert sum(f["status"] == "converted" for f in report["files"]) == 7
+        for name in ("cut.dcm", "empty.dcm", "noise.dcm"):
+            assert status[name]["status"] == "failed" and status[name]["error"]
+        assert [Path(i["path"]).name for i in report["ignored"]] == ["notes.txt"]
+        assert len(report["files"]) == 10
+        assert not [p for p in out.rglob("*") if p.name.endswith(".part")]
+        assert os.path.isfile(out / "CT_small_0.jpg")
