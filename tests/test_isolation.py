@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -258,3 +259,44 @@ def test_every_failure_of_a_mixed_folder_is_in_the_report(tmp_path: Path) -> Non
         assert len(report["files"]) == 10
         assert not [p for p in out.rglob("*") if p.name.endswith(".part")]
         assert os.path.isfile(out / "CT_small_0.jpg")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 600 kB file system (tmpfs), mounted for the test: a disk that fills up."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mount.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_the_report_lands_on_a_full_disk(tmp_path: Path, small_disk: Path, jobs: str) -> None:
+    # The outputs fill the disk the report goes to: files fail one by one, the report
+    # still lands (its room was taken first) and lists every file.
+    for k in range(6):
+        make_series(tmp_path / "in" / f"s{k}", 4, size=128)
+    report_path = small_disk / "report.json"
+    run = run_medeq(
+        "convert", str(tmp_path / "in"), "-o", str(small_disk / "out"), "--jobs", jobs,
+        "--report", str(report_path),
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr and "No space left" in run.stderr
+    report = json.loads(report_path.read_text())
+    assert len(report["files"]) == 24
+    assert report["totals"]["failed"] > 0 and report["totals"]["converted"] > 0
+    for f in report["files"]:
+        assert all(Path(p).is_file() for p in f["outputs"])
+        assert f["status"] == "converted" or "No space left" in f["error"]
+    assert not [p for p in small_disk.rglob("*") if p.name.endswith(".part")]

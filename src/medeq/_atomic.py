@@ -179,3 +179,63 @@ def _writer_alive(name: str) -> bool:
     except OSError:  # it exists, owned by someone else
         return True
     return True
+
+
+class Reservation:
+    """Room on disk taken now for a file written atomically later, even if the disk fills.
+
+    A batch's report must land however the batch ends, and the outputs written meanwhile
+    may fill the disk it goes to: its place is allocated (``posix_fallocate``) at the
+    start, as the hidden part file it will be renamed from. :meth:`write` writes into that
+    room, so it needs no new blocks unless the data outgrow it.
+    """
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(
+                dir=self.path.parent, prefix=f".{self.path.name}.{os.getpid()}-", suffix=PART_SUFFIX
+            )
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot write: {exc.strerror or exc}") from exc
+        self._fd: int | None = fd
+        self._tmp = Path(name)
+        os.fchmod(fd, _file_mode())
+        self.reserve(size)
+
+    def reserve(self, size: int) -> None:
+        """Take room for ``size`` bytes in all (more than before, or nothing happens)."""
+        if self._fd is None:
+            return
+        # No room to take now (or no fallocate here): write() tries anyway.
+        with contextlib.suppress(OSError, AttributeError):
+            os.posix_fallocate(self._fd, 0, max(size, 1))
+
+    def write(self, data: bytes) -> None:
+        """Put ``data`` at the path, atomically (the reservation is then used up)."""
+        fd = self._fd
+        if fd is None:
+            raise OutputError(f"{self.path}: its reservation was already used")
+        self._fd = None
+        try:
+            written = 0
+            while written < len(data):
+                written += os.pwrite(fd, data[written:], written)
+            os.ftruncate(fd, len(data))
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            os.replace(self._tmp, self.path)
+        except OSError as exc:
+            if fd >= 0:
+                os.close(fd)
+            self._tmp.unlink(missing_ok=True)
+            raise OutputError(f"{self.path}: cannot write: {exc.strerror or exc}") from exc
+
+    def release(self) -> None:
+        """Give the room back without writing (nothing appears at the path)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self._tmp.unlink(missing_ok=True)

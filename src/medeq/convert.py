@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import datetime
 import functools
+import logging
 import os
 import threading
 import time
@@ -76,6 +77,8 @@ from .writer import TransferSyntax, derive_header, derived_uid, encode_image, si
 
 __all__ = ["FileResult", "Report", "convert"]
 
+logger = logging.getLogger(__name__)
+
 #: A conversion equalizing fewer pixels than this (256 CT slices of 512 x 512) uses the
 #: numpy kernels in a process that has not loaded the compiled ones: loading those costs
 #: about a second, more than they would save (measured in docs/performance.md).
@@ -86,6 +89,9 @@ JIT_WORTH_PIXELS = 1 << 26
 #: (see _by_slice); otherwise it is decoded into one volume here. Slice-wise, no volume
 #: is ever held in memory.
 STREAM_MIN_PIXELS = 1 << 26
+#: Room on disk taken for the report before anything is written (see _atomic.Reservation),
+#: and per file found: a file's entry with an error or a few notes is under 2 KiB.
+REPORT_BYTES, REPORT_BYTES_PER_FILE = 16 << 10, 2 << 10
 #: With the default ``jobs``, one worker process per this many input files (at most one
 #: per core): below about that, a worker's start-up costs more than it saves.
 FILES_PER_WORKER = 32
@@ -163,13 +169,17 @@ class Report:
             "ignored_not_dicom": [p for p, why in self.ignored if why == "not DICOM"],
         }
 
-    def write_json(self, path: str | os.PathLike[str]) -> Path:
-        """Write the report as JSON, atomically."""
+    def json(self) -> str:
+        """The report as JSON text."""
         import json
 
-        text = json.dumps(self.as_dict(), indent=2, default=str) + "\n"
+        return json.dumps(self.as_dict(), indent=2, default=str) + "\n"
+
+    def write_json(self, path: str | os.PathLike[str]) -> Path:
+        """Write the report as JSON, atomically."""
         target = Path(path)
-        _atomic.atomic_write(target, lambda f: f.write(text.encode()))
+        data = self.json().encode()
+        _atomic.atomic_write(target, lambda f: f.write(data))
         return target
 
 
@@ -692,27 +702,26 @@ def convert(
         enhance_options, ts, preview, figure, overwrite, keep_private, in_process=workers == 1
     )
     clock = time.perf_counter()
+    # The report's room on disk is taken first: outputs that fill the disk cannot keep
+    # it from landing.
+    room = None if report is None else _atomic.Reservation(Path(report), REPORT_BYTES)
+    stopped = False
     try:
-        _run(
-            made,
-            paths,
-            out,
-            settings,
-            workers,
-            jobs is None,
-            dry_run,
-            sync,
-            quiet_decoders,
-            progress,
-            on_start,
-        )
-    except KeyboardInterrupt:
-        made.interrupted = True
+        _run(made, paths, out, settings, workers, jobs is None, dry_run, sync, quiet_decoders,
+             progress, on_start, room)  # fmt: skip
+    except BaseException as exc:
+        stopped = True
+        made.interrupted = isinstance(exc, KeyboardInterrupt)
         raise
     finally:
         made.elapsed = time.perf_counter() - clock
-        if report is not None:
-            made.write_json(report)
+        if room is not None:
+            try:
+                room.write(made.json().encode())
+            except OutputError:
+                if not stopped:
+                    raise
+                logger.exception("the report could not be written")
     return made
 
 
@@ -728,11 +737,17 @@ def _run(
     quiet_decoders: bool,
     progress: Callable[[FileResult], None] | None,
     on_start: Callable[[int], None] | None,
+    room: _atomic.Reservation | None,
 ) -> None:
-    """The batch of :func:`convert`, its parameters checked: ``report`` is filled in."""
+    """The batch of :func:`convert`, its parameters checked: ``report`` is filled in.
+
+    ``room``: the report file's reservation, grown to fit the number of files found.
+    """
     flusher: _atomic.Flusher | None = None
     pairs, passed = _expand(paths)
     report.ignored = passed.ignored
+    if room is not None:
+        room.reserve(REPORT_BYTES + REPORT_BYTES_PER_FILE * (len(pairs) + len(passed.ignored)))
 
     def settle(result: FileResult) -> None:
         followed = passed.outside.get(Path(result.input))
