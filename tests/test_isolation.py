@@ -300,3 +300,24 @@ def test_the_report_lands_on_a_full_disk(tmp_path: Path, small_disk: Path, jobs:
         assert all(Path(p).is_file() for p in f["outputs"])
         assert f["status"] == "converted" or "No space left" in f["error"]
     assert not [p for p in small_disk.rglob("*") if p.name.endswith(".part")]
+
+
+def test_info_goes_on_after_a_file_it_cannot_describe(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from medeq import cli
+
+    reader = sys.modules["medeq.reader"]
+    real = reader.read_info
+    ct, mr = get_testdata_file("CT_small.dcm"), get_testdata_file("MR_small.dcm")
+
+    def flaky(name: str) -> medeq.ImageInfo:
+        if name == ct:
+            raise IndexError("list index out of range")
+        return real(name)
+
+    monkeypatch.setattr(reader, "read_info", flaky)
+    assert cli.main(["info", ct, mr]) == 1
+    out, err = capsys.readouterr()
+    assert mr in out and "MR" in out
+    assert f"medeq: error: {ct}: internal error IndexError" in err

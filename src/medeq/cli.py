@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
+from ._scheduler import STOPS_THE_BATCH, failure_text
 from .convert import FileResult, convert
 from .errors import MedeqError
 
@@ -330,8 +331,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     for name in args.files:
         try:
             info = read_info(name)
-        except MedeqError as exc:
-            print(f"medeq: error: {exc}", file=sys.stderr)
+        except STOPS_THE_BATCH:
+            raise
+        except BaseException as exc:  # one file's failure, even a bug, is that file's alone
+            print(f"medeq: error: {failure_text(exc, name)}", file=sys.stderr)
             status = 1
             continue
         if args.json:
