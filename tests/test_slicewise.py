@@ -158,3 +158,72 @@ def test_stored_values_of_compressed_or_multiframe_images_are_not_counted() -> N
         image = medeq.read(shared_file(name))
         assert count_stored(image) is None
         assert image._stored is None  # nothing was decoded
+
+
+def _dx_series(folder: Path, window: tuple[str, str]) -> medeq.Series:
+    """Two DX-like slices whose data (32744 to 65535) lie wholly above ``window``."""
+    import warnings
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    folder.mkdir()
+    rng = np.random.default_rng(11)
+    for k in range(2):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.SOPInstanceUID = f"{ds.SOPInstanceUID}.{k + 1}"
+        ds.ImagePositionPatient = [0.0, 0.0, float(k)]
+        ds.PixelRepresentation = 0
+        del ds.RescaleSlope, ds.RescaleIntercept
+        ds.PixelData = rng.integers(32744, 65536, (128, 128), dtype=np.uint16).tobytes()
+        with warnings.catch_warnings():  # pydicom warns of a DS "nan": a hostile file has it
+            warnings.simplefilter("ignore")
+            ds.WindowCenter, ds.WindowWidth = window
+            ds.save_as(folder / f"{k}.dcm")
+    (series,) = medeq.read_series(folder)
+    return series
+
+
+@pytest.mark.parametrize("window", ["auto", "none"])
+def test_a_file_window_that_misses_the_data_is_decided_alike(
+    tmp_path: Path, window: object
+) -> None:
+    """With "auto", the slice-wise span falls back to the data's range as normalize() does."""
+    series = _dx_series(tmp_path / "dx", ("2725", "5310"))
+    _assert_same_as_enhance(series, window=window)
+    _, counted = _counted(series, window=window)
+    derived = medeq.enhance(series, window=window)
+    assert counted.notes == derived.notes
+    if window == "auto":
+        assert derived.normalized.voi == "full range (window 2725/5310 LINEAR misses the data)"
+        assert len(derived.notes) == 1
+        assert "covers none of the data's values (32744 to 65535)" in derived.notes[0]
+        # A note about the series names no single file: a batch gives it to every slice.
+        assert derived.notes[0].startswith("the 2 images of series ")
+    else:
+        assert derived.notes == []
+
+
+def test_a_window_asked_for_that_misses_the_data_is_kept(tmp_path: Path) -> None:
+    """By index the window stays: every value in one end bin, which the counts leave to
+    the volume path (as a constant image), with the same note."""
+    series = _dx_series(tmp_path / "dx", ("2725", "5310"))
+    _, counted = _counted(series, window=0)
+    assert counted is None
+    derived = medeq.enhance(series, window=0)
+    assert derived.normalized.value_range == (70, 5380)
+    assert len(derived.notes) == 1
+    assert "every pixel falls in one end bin" in derived.notes[0]
+
+
+def test_plan_notes_reach_the_counted_equalization(tmp_path: Path) -> None:
+    """A window skipped while planning (where the batch plans, outside any collector) is
+    among the notes of the result."""
+    series = _dx_series(tmp_path / "dx", ("nan", "400"))
+    plan, counted = _counted(series)
+    assert len(plan.notes) == 2  # one per slice
+    assert all(
+        "(0028,1050) Window Center nan" in n and "skipped: not finite" in n for n in plan.notes
+    )
+    assert counted.notes == list(plan.notes)
+    assert counted.notes == medeq.enhance(series).notes

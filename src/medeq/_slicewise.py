@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from . import _kernels, core
+from ._notes import collecting
 from .enhance import Method, Quality, default_levels, describe, quality_of
 from .normalize import VoiPlan, WindowSpec, invert_values
 from .reader import DicomImage, _native_little
@@ -153,6 +154,10 @@ class CountedEqualization:
         The new (0020,000E) Series Instance UID.
     before, after : Quality
         Figures of the normalised series and of the output.
+    notes : list of str
+        The plan's notes and those made deciding the mapping (a file window that missed
+        the data, a constant series), as :attr:`medeq.Derived.notes` has them. Notes made
+        normalising each slice (an empty LUT item ignored) are made where that runs.
     """
 
     plan: VoiPlan
@@ -162,6 +167,7 @@ class CountedEqualization:
     series_uid: str
     before: Quality
     after: Quality
+    notes: list[str] = field(default_factory=list)
 
     def window(self) -> tuple[float, float]:
         """(center, width) of the window written to the outputs."""
@@ -204,9 +210,10 @@ def equalize_counted(
     bins_ = core._check_bins(bins)
     out_levels = core._check_levels(levels) or default_levels(list(images))
     var = core._as_variant(variant)
-    span = plan.span(
-        images, True, float(min(c.lo for c in counted)), float(max(c.hi for c in counted))
-    )
+    with collecting() as notes:
+        span = plan.span(
+            images, True, float(min(c.lo for c in counted)), float(max(c.hi for c in counted))
+        )
     inverted = [im.info.photometric == "MONOCHROME1" for im in images]
     # MONOCHROME1 slices are mirrored about the span: value v becomes lo + hi - v.
     total = int(span.lo + span.hi)
@@ -251,4 +258,5 @@ def equalize_counted(
         series_uid=series_uid,
         before=quality_of(mapping.counts),
         after=quality_of(np.rint(after).astype(np.int64)),
+        notes=list(dict.fromkeys([*plan.notes, *notes])),
     )

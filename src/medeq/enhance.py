@@ -18,6 +18,7 @@ from numpy.typing import ArrayLike, NDArray
 from pydicom.dataset import Dataset
 
 from . import core
+from ._notes import collecting
 from .errors import ParameterError
 from .normalize import Normalized, Preset, WindowSpec, normalize, parse_window
 from .reader import DicomImage, Window
@@ -104,6 +105,10 @@ class Derived:
         The new (0020,000E) Series Instance UID.
     before, after : Quality
         Figures of the normalised input and of the output.
+    notes : list of str
+        What medeq repaired, assumed or chose while equalizing (an empty LUT item
+        ignored, a file window that missed the data, a constant image), each naming the
+        file or series, the tag and the value; see :mod:`medeq._notes`.
     """
 
     sources: list[DicomImage]
@@ -118,6 +123,7 @@ class Derived:
     before: Quality
     after: Quality
     frame_counts: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     _headers: list[Dataset] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -161,6 +167,7 @@ class Derived:
             "sop_instance_uids_out": [str(h.SOPInstanceUID) for h in self.headers],
             "quality_before": self.before.as_dict(),
             "quality_after": self.after.as_dict(),
+            "notes": list(self.notes),
         }
 
 
@@ -441,91 +448,94 @@ def enhance(
 
     redist = _as_redistribution(redistribution)
 
-    norm = normalize(image, window=window)
-    mask_arr, mask_text = _mask_for(mask, image, norm)
-    nbins = bins_ or norm.bins
-    # With one histogram for the whole image, the counts after follow from it and the LUT.
-    counts: NDArray[np.int64] | None = None
-    lut: NDArray[Any] | None = None
-    if how is Method.GLOBAL and per_slice:
-        pixels = core.equalize(
-            norm.array,
-            nbins,
-            value_range=norm.value_range,
-            mask=mask_arr,
-            levels=levels_,
+    # The notes made from here on (by normalize, the mask) belong to this result.
+    with collecting() as notes:
+        norm = normalize(image, window=window)
+        mask_arr, mask_text = _mask_for(mask, image, norm)
+        nbins = bins_ or norm.bins
+        # With one histogram for the whole image, the counts after follow from it and the LUT.
+        counts: NDArray[np.int64] | None = None
+        lut: NDArray[Any] | None = None
+        if how is Method.GLOBAL and per_slice:
+            pixels = core.equalize(
+                norm.array,
+                nbins,
+                value_range=norm.value_range,
+                mask=mask_arr,
+                levels=levels_,
+                variant=var,
+                per_slice=True,
+            )
+        elif how is Method.GLOBAL:
+            arr = core._check_image(norm.array)
+            pixels, counts, lut = core._equalize_counted(
+                arr,
+                nbins,
+                core._check_range(norm.value_range, arr.dtype.kind in "iu"),
+                core._check_mask(mask_arr, arr.shape),
+                levels_,
+                var,
+            )
+        else:
+            from .clahe import clahe  # numba loads only when CLAHE is asked for
+
+            # Slice by slice, with the volume's binning (see medeq.clahe).
+            pixels = clahe(
+                norm.array,
+                nbins,
+                kernel_size=kernel_size,
+                clip_limit=clip_limit,
+                value_range=norm.value_range,
+                mask=mask_arr,
+                levels=levels_,
+                redistribution=redist,
+            )
+
+        header_options, parameters, description, series_uid = describe(
+            images,
+            method=how,
             variant=var,
-            per_slice=True,
-        )
-    elif how is Method.GLOBAL:
-        arr = core._check_image(norm.array)
-        pixels, counts, lut = core._equalize_counted(
-            arr,
-            nbins,
-            core._check_range(norm.value_range, arr.dtype.kind in "iu"),
-            core._check_mask(mask_arr, arr.shape),
-            levels_,
-            var,
-        )
-    else:
-        from .clahe import clahe  # numba loads only when CLAHE is asked for
-
-        # Slice by slice, with the volume's binning (see medeq.clahe).
-        pixels = clahe(
-            norm.array,
-            nbins,
-            kernel_size=kernel_size,
-            clip_limit=clip_limit,
+            bins=bins_,
+            nbins=nbins,
             value_range=norm.value_range,
-            mask=mask_arr,
+            voi=norm.voi,
+            window=window,
+            mask=mask,
+            mask_text=mask_text,
+            levels=levels,
+            out_levels=levels_,
+            per_slice=bool(per_slice),
+            clip_limit=clip_limit,
+            kernel_size=kernel_size,
+            keep_private=keep_private,
+            value_span=_value_span(pixels, counts, lut, mask_arr),
+            redistribution=redist.value,
+        )
+        if counts is None or lut is None:
+            before_counts, _ = core.histogram(
+                norm.array, nbins, value_range=norm.value_range, mask=mask_arr
+            )
+            after_counts, _ = core.histogram(
+                pixels, levels_, value_range=(0, levels_ - 1), mask=mask_arr
+            )
+        else:
+            # Every counted pixel of bin k became lut[k]: the same counts as histogramming
+            # the output, without another pass over the pixels.
+            before_counts = counts
+            after_counts = np.zeros(levels_, np.int64)
+            np.add.at(after_counts, lut.astype(np.intp), counts)
+        return Derived(
+            sources=images,
+            header_options=header_options,
+            pixels=pixels,
             levels=levels_,
-            redistribution=redist,
+            normalized=norm,
+            mask=mask_arr,
+            parameters=parameters,
+            description=description,
+            series_uid=series_uid,
+            before=quality_of(before_counts),
+            after=quality_of(after_counts),
+            frame_counts=[im.info.frames for im in images],
+            notes=notes,
         )
-
-    header_options, parameters, description, series_uid = describe(
-        images,
-        method=how,
-        variant=var,
-        bins=bins_,
-        nbins=nbins,
-        value_range=norm.value_range,
-        voi=norm.voi,
-        window=window,
-        mask=mask,
-        mask_text=mask_text,
-        levels=levels,
-        out_levels=levels_,
-        per_slice=bool(per_slice),
-        clip_limit=clip_limit,
-        kernel_size=kernel_size,
-        keep_private=keep_private,
-        value_span=_value_span(pixels, counts, lut, mask_arr),
-        redistribution=redist.value,
-    )
-    if counts is None or lut is None:
-        before_counts, _ = core.histogram(
-            norm.array, nbins, value_range=norm.value_range, mask=mask_arr
-        )
-        after_counts, _ = core.histogram(
-            pixels, levels_, value_range=(0, levels_ - 1), mask=mask_arr
-        )
-    else:
-        # Every counted pixel of bin k became lut[k]: the same counts as histogramming
-        # the output, without another pass over the pixels.
-        before_counts = counts
-        after_counts = np.zeros(levels_, np.int64)
-        np.add.at(after_counts, lut.astype(np.intp), counts)
-    return Derived(
-        sources=images,
-        header_options=header_options,
-        pixels=pixels,
-        levels=levels_,
-        normalized=norm,
-        mask=mask_arr,
-        parameters=parameters,
-        description=description,
-        series_uid=series_uid,
-        before=quality_of(before_counts),
-        after=quality_of(after_counts),
-        frame_counts=[im.info.frames for im in images],
-    )
