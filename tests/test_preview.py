@@ -203,3 +203,43 @@ def test_a_preview_written_only_in_part_is_an_error(tmp_path: Path) -> None:
     assert done.stdout.strip() == f"{out}: cannot write: the JPEG was written only in part"
     assert not out.exists()
     assert not list(tmp_path.glob(".*.part"))
+
+
+def _dx_missing_its_window() -> medeq.DicomImage:
+    """A DX as a real one came: window 2725/5310, data 32744 to 65535 (none inside it)."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.Modality, ds.PixelRepresentation = "DX", 0
+    del ds.RescaleSlope, ds.RescaleIntercept
+    ramp = np.linspace(32744, 65535, 128 * 128).reshape(128, 128)
+    ds.PixelData = ramp.astype(np.uint16).tobytes()
+    ds.WindowCenter, ds.WindowWidth = 2725, 5310
+    return medeq.read(ds)
+
+
+def test_preview_of_a_dx_whose_window_misses_its_data_is_not_dark(tmp_path: Path) -> None:
+    image = _dx_missing_its_window()
+    derived = medeq.enhance(image)
+    # Equalized over the data's range: the output spans its levels, the preview its grey.
+    assert (int(derived.pixels.min()), int(derived.pixels.max())) == (0, 65535)
+    [dcm] = medeq.write(derived, tmp_path / "o.dcm", preview=True)
+    jpeg = np.asarray(Image.open(dcm.with_suffix(".jpg")), dtype=np.float64)
+    assert 120 < jpeg.mean() < 135
+    assert jpeg.min() < 5 and jpeg.max() > 250
+    # The source's preview shows the same full range, not a white page.
+    source = np.asarray(Image.open(medeq.preview(image, tmp_path / "s.jpg")), np.float64)
+    assert source.min() < 5 and source.max() > 250
+
+
+def test_rendering_a_normalized_image_with_an_empty_range() -> None:
+    from medeq import Normalized
+
+    norm = Normalized(
+        array=np.array([[[3, 5, 7]]], np.int16),
+        value_range=(5.0, 5.0),
+        levels=1,
+        voi="full range",
+        window=None,
+        inverted=False,
+        units="",
+    )
+    assert medeq.preview.__globals__["render"](norm).tolist() == [[[0, 0, 255]]]

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ._notes import note
 from .errors import ParameterError
 
 __all__ = ["foreground_mask"]
@@ -34,6 +35,8 @@ _BRIGHT = 0.8
 _RISE = 0.01
 #: The fraction of the lines along a border that a shutter band must cross.
 _ALONG = 0.9
+#: Values farther from zero than this are taken relative to their minimum (see _near_zero).
+_FAR = float(2**24)
 # 4-connected cross (what scipy.ndimage.generate_binary_structure(2, 1) gives).
 _DISK = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
 
@@ -80,6 +83,7 @@ def foreground_mask(image: Any) -> NDArray[np.bool_]:
     finite = volume[np.isfinite(volume)] if volume.dtype.kind == "f" else volume
     if finite.size == 0 or finite.min() == finite.max():
         return np.ones(arr.shape, dtype=bool)
+    volume, finite = _near_zero(volume, finite)
     sample = _sample(finite)
     # Padding outside a CT's field of view (one extreme value) would pull the threshold
     # towards itself: leave the extremes out when they are a spike.
@@ -92,9 +96,41 @@ def foreground_mask(image: Any) -> NDArray[np.bool_]:
     top = float(np.percentile(sample, 99.9))
     masks = np.stack([_slice_mask(s, threshold, spread, top) for s in volume])
     if not masks.any():
-        logger.warning("foreground mask found nothing; using every pixel")
         masks[...] = True
+        what = _named(image)
+        if what is None:
+            logger.warning("foreground mask found nothing; using every pixel")
+        else:  # a choice made for a file: its report entry says so
+            note(f"{what}: the automatic foreground mask found nothing: every pixel is used")
     return masks if arr.ndim == 3 else masks[0]
+
+
+def _named(image: Any) -> str | None:
+    """How a note names a DicomImage or Series (None for arrays, which have no file)."""
+    images = getattr(image, "images", None)
+    if images is None:
+        return getattr(image, "name", None)
+    if len(images) == 1:
+        return str(images[0].name)
+    return f"the {len(images)} images of series {images[0].info.series_instance_uid}"
+
+
+def _near_zero(volume: NDArray[Any], finite: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
+    """The values relative to their minimum, when they lie far from zero.
+
+    scikit-image's Otsu counts integers in one bin per level from zero (values near 1e15
+    would need petabytes), and 256 histogram bins cannot be told apart over a narrow span
+    far from zero. A mask does not depend on where the values lie, only on their order
+    and spacing; values within :data:`_FAR` of zero (every real image's) are left as
+    they are, so their masks stay what they were.
+    """
+    lo, hi = finite.min(), finite.max()
+    if max(abs(float(lo)), abs(float(hi))) <= _FAR:
+        return volume, finite
+    if volume.dtype.kind in "iu" and int(hi) - int(lo) <= _FAR:
+        # Exact, and still one bin per level.
+        return volume.astype(np.int64) - int(lo), finite.astype(np.int64) - int(lo)
+    return volume.astype(np.float64) - float(lo), finite.astype(np.float64) - float(lo)
 
 
 def _background_threshold(sample: NDArray[Any]) -> float:

@@ -57,6 +57,8 @@ def _window_table(center: float, width: float, bits: int) -> NDArray[np.uint8]:
 
 def _scaled_8bit(norm: Normalized) -> NDArray[np.uint8]:
     lo, hi = norm.value_range
+    if not hi > lo:  # a Normalized made by hand: normalize() always gives lo < hi
+        return np.where(norm.array > lo, 255, 0).astype(np.uint8)
     y = (norm.array.astype(np.float64) - lo) / (hi - lo) * 255.0
     return np.rint(np.clip(y, 0.0, 255.0)).astype(np.uint8)
 
