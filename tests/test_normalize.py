@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 import warnings
 from typing import Any
@@ -12,7 +14,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 import medeq
-from medeq import ParameterError, Preset
+from medeq import ParameterError, Preset, Window
 
 from .conftest import shared_file
 
@@ -385,26 +387,33 @@ def test_empty_or_missing_functional_group_items_fall_back_to_the_shared_values(
     np.testing.assert_array_equal(norm.array, expected.array)
 
 
+def _with_windows(*windows: Window) -> medeq.DicomImage:
+    """CT_small as if its header gave ``windows``. Built past the reader, which may leave
+    out values that are not finite numbers itself: normalize must not rely on that."""
+    ds = _dataset()
+    info = dataclasses.replace(medeq.read(ds).info, windows=windows)
+    return medeq.DicomImage(ds, info, ds)
+
+
 @pytest.mark.parametrize(
     ("center", "width", "problem"),
     [
-        ("1e308", "400", "its ends 1e\\+308 and 1e\\+308 lie beyond"),
-        ("40", "1e308", "its ends -5e\\+307 and 5e\\+307 lie beyond"),
-        ("1.7e308", "1.7e308", "its ends 8.5e\\+307 and inf lie beyond"),
-        ("inf", "400", "not finite"),
-        ("nan", "400", "not finite"),
-        ("40", "-inf", "not finite"),
-        ("40", "0.5", "width must be >= 1"),
+        (1e308, 400, "its ends 1e\\+308 and 1e\\+308 lie beyond"),
+        (40, 1e308, "its ends -5e\\+307 and 5e\\+307 lie beyond"),
+        (1.7e308, 1.7e308, "its ends 8.5e\\+307 and inf lie beyond"),
+        (2.0**52, 400, "its ends 4.5036e\\+15 and 4.5036e\\+15 lie beyond"),
+        (math.inf, 400, "not finite"),
+        (math.nan, 400, "not finite"),
+        (40, -math.inf, "not finite"),
+        (40, 0.5, "width must be >= 1"),
     ],
 )
 def test_an_unusable_file_window_is_skipped_by_auto_and_refused_by_index(
-    center: str, width: str, problem: str
+    center: float, width: float, problem: str
 ) -> None:
     from medeq._notes import collecting
 
-    ds = _dataset()
-    _put(ds, WindowCenter=[center, "40"], WindowWidth=[width, "400"])
-    image = medeq.read(ds)
+    image = _with_windows(Window(center, width), Window(40, 400))
     with collecting() as notes:
         norm = medeq.normalize(image)
     assert norm.voi == "window 40/400 LINEAR"
@@ -417,8 +426,21 @@ def test_an_unusable_file_window_is_skipped_by_auto_and_refused_by_index(
     with pytest.raises(medeq.UnsupportedImageError, match=r"\(0028,1051\) Window Width"):
         medeq.normalize(image, window=0)
     # With no usable window left, the data's full range.
-    _put(ds, WindowCenter=center, WindowWidth=width)
-    assert medeq.normalize(medeq.read(ds)).voi == "full range"
+    assert medeq.normalize(_with_windows(Window(center, width))).voi == "full range"
+
+
+def test_a_file_window_of_width_below_1_is_skipped_through_the_reader() -> None:
+    from medeq._notes import collecting
+
+    ds = _dataset()
+    ds.WindowCenter, ds.WindowWidth = ["40", "40"], ["0.5", "400"]
+    image = medeq.read(ds)
+    with collecting() as notes:
+        assert medeq.normalize(image).voi == "window 40/400 LINEAR"
+    assert notes == [
+        f"{image.name}: window 1, (0028,1050) Window Center 40 / (0028,1051) Window Width "
+        "0.5, skipped: width must be >= 1"
+    ]
 
 
 def test_an_explicit_window_beyond_the_limits_is_refused(ct: medeq.DicomImage) -> None:

@@ -206,22 +206,29 @@ def _lut_items(image: DicomImage, keyword: str, label: str) -> list[tuple[int, D
     return items
 
 
-def _whole_numbers(value: Any, little_endian: bool) -> list[int] | None:
+def _whole_numbers(value: Any, little_endian: bool) -> NDArray[np.int64] | None:
     """An element's value as whole numbers (16-bit words for bytes), or None."""
     if isinstance(value, (bytes, bytearray)):
         if len(value) % 2:
             return None
-        return [int(v) for v in np.frombuffer(value, "<u2" if little_endian else ">u2")]
+        return np.frombuffer(value, "<u2" if little_endian else ">u2").astype(np.int64)
     values = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
-    out = []
-    for v in values:
-        whole = isinstance(v, (int, np.integer)) or (
-            isinstance(v, (float, np.floating)) and _is_whole(float(v))
-        )
-        if isinstance(v, bool) or not whole:
+    if any(isinstance(v, (bool, np.bool_)) for v in values):
+        return None
+    try:
+        arr = np.asarray(values)
+    except (TypeError, ValueError):
+        return None
+    if arr.ndim != 1:
+        return None
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
             return None
-        out.append(int(v))
-    return out
+        if arr.size and float(np.abs(arr).max()) > 2.0**62:
+            return None
+    elif arr.dtype.kind not in "iu":
+        return None  # text, or integers too large for int64 (object)
+    return arr.astype(np.int64)
 
 
 def _lut_data(element: Any, little_endian: bool, where: str) -> NDArray[np.int64]:
@@ -240,7 +247,7 @@ def _lut_data(element: Any, little_endian: bool, where: str) -> NDArray[np.int64
         raise CorruptPixelDataError(
             f"{where}: {_DATA} ({element.VR}) {shown} is not a list of whole numbers"
         )
-    return np.array(numbers, dtype=np.int64)
+    return numbers
 
 
 def _parse_lut(
@@ -270,13 +277,13 @@ def _parse_lut(
     if "LUTDescriptor" not in item:
         raise UnsupportedImageError(f"{where} has no {_DESCRIPTOR}")
     raw = item["LUTDescriptor"].value
-    descriptor = None if raw is None else _whole_numbers(raw, little_endian)
-    if descriptor is None or len(descriptor) != 3:
+    numbers = None if raw is None else _whole_numbers(raw, little_endian)
+    if numbers is None or numbers.size != 3:
         raise UnsupportedImageError(
             f"{where}: {_DESCRIPTOR} {str(raw)[:40]} must be 3 whole numbers (entries, "
             "first value mapped, bits)"
         )
-    entries, first, bits = descriptor
+    entries, first, bits = (int(v) for v in numbers)
     if not 0 <= entries <= 65535:
         raise UnsupportedImageError(
             f"{where}: {_DESCRIPTOR} entries {entries} must be 0 (65536) to 65535"
