@@ -321,3 +321,21 @@ def test_info_goes_on_after_a_file_it_cannot_describe(
     out, err = capsys.readouterr()
     assert mr in out and "MR" in out
     assert f"medeq: error: {ct}: internal error IndexError" in err
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_notes_reach_the_report(tmp_path: Path, jobs: int) -> None:
+    # Made in a worker (a window that misses the data, found slice-wise) or in this
+    # process (the volume's decision): each lands on the files it is about.
+    synthetic_series(tmp_path / "in")
+    for path in sorted((tmp_path / "in").glob("CT_small_*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.WindowCenter, ds.WindowWidth = 30000, 100  # far above the data
+        ds.save_as(path)
+    report = medeq.convert(tmp_path / "in", tmp_path / "out", jobs=jobs)
+    assert report.exit_code == 0
+    for r in report.files:
+        if "CT_small" in r.input:
+            assert any("covers none of the data's values" in n for n in r.notes), r.notes
+        else:
+            assert r.notes == []
