@@ -12,10 +12,11 @@ import pydicom
 import pydicom.data
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 import medeq
-from medeq._encode import copy_file_meta, encode_file
+from medeq._encode import copy_elements, copy_file_meta, element_name, encode_file
 from medeq.writer import TransferSyntax, with_pixels
 
 from .conftest import shared_file
@@ -164,3 +165,59 @@ def test_file_meta_read_from_a_file_is_written_as_read(
     data = path.read_bytes()
     assert raw in data  # pydicom wrote the value as given
     same_as_pydicom(pydicom.dcmread(path))
+
+
+# --------------------------------------------------------------------------- copies
+
+
+def test_values_pydicom_cannot_pickle_are_copied_one_by_one(tmp_path: Path) -> None:
+    """A LUT Descriptor's values hold a local function (pydicom's converter): the whole
+    dict no longer pickles, and each element is copied by itself instead."""
+    ds = pydicom.dcmread(get_testdata_file("MR_small_implicit.dcm"))
+    item = Dataset()
+    item.add_new(0x00283002, "US", [256, 0, 8])
+    ds.ModalityLUTSequence = [item]
+    ds.save_as(tmp_path / "lut.dcm", implicit_vr=True, little_endian=True)
+    read = pydicom.dcmread(tmp_path / "lut.dcm")
+    _ = read.ModalityLUTSequence[0].LUTDescriptor  # decoded: its values now hold the function
+    _ = read.ImageType  # decoded: multiple values, deep-copied
+    with pytest.raises(Exception, match="pickle"):
+        pickle.dumps(read["ModalityLUTSequence"])
+    copied = copy_elements(read._dict, name="lut.dcm")
+    assert list(copied[0x00283000].value[0].LUTDescriptor) == [256, 0, 8]
+    copied[0x00283000].value[0].LUTDescriptor = [1, 0, 8]
+    copied[0x00080008].value[0] = "CHANGED"
+    assert list(read.ModalityLUTSequence[0].LUTDescriptor) == [256, 0, 8]
+    assert read.ImageType[0] != "CHANGED"
+
+
+def test_a_value_no_copy_can_take_is_left_out_with_a_note(tmp_path: Path) -> None:
+    import threading
+
+    from medeq._notes import collecting
+
+    lock = DataElement(0x00104000, "LT", threading.Lock(), already_converted=True)
+    comments = DataElement(0x00204000, "LT", ["kept"], already_converted=True)
+    with collecting() as notes:
+        copied = copy_elements({lock.tag: lock, comments.tag: comments}, name="odd.dcm")
+    assert list(copied) == [comments.tag]
+    [message] = notes
+    assert message.startswith("odd.dcm: (0010,4000) Patient Comments cannot be copied")
+    assert message.endswith("left out")
+
+
+def test_a_buffered_value_is_copied_as_its_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "value.bin"
+    path.write_bytes(b"\x01\x02\x03\x04")
+    with path.open("rb") as f:
+        element = DataElement(0x00091010, "OB", f)
+        assert element.is_buffered
+        other = DataElement(0x00204000, "LT", ["x"], already_converted=True)
+        copied = copy_elements({element.tag: element, other.tag: other})
+        assert copied[element.tag].value == b"\x01\x02\x03\x04"
+        assert f.tell() == 0  # the source's buffer is where it was
+
+
+def test_element_names_for_messages() -> None:
+    assert element_name(0x00283002) == "(0028,3002) LUT Descriptor"
+    assert element_name(0x00291010) == "(0029,1010) private"

@@ -27,6 +27,8 @@ from typing import BinaryIO
 from .errors import OutputError
 
 PART_SUFFIX = ".part"
+#: Characters of the target's name that a temporary file's name repeats.
+_PART_STEM = 64
 _umask: int | None = None
 
 
@@ -93,6 +95,15 @@ def _fsync_path(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def _part_prefix(path: Path) -> str:
+    """The start of a temporary file's name: hidden, the target's name, the process.
+
+    Only the first _PART_STEM characters of the target's name are repeated: a target
+    named near the file system's limit (255 bytes) must not fail on its temporary.
+    """
+    return f".{path.name[:_PART_STEM]}.{os.getpid()}-"
+
+
 def _file_mode() -> int:
     """The mode a plain open() would give a new file (mkstemp gives 0600)."""
     global _umask
@@ -117,7 +128,7 @@ def atomic_write(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=PART_SUFFIX
+            dir=path.parent, prefix=_part_prefix(path), suffix=PART_SUFFIX
         )
     except OSError as exc:
         raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from exc
@@ -195,7 +206,7 @@ class Reservation:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(
-                dir=self.path.parent, prefix=f".{self.path.name}.{os.getpid()}-", suffix=PART_SUFFIX
+                dir=self.path.parent, prefix=_part_prefix(self.path), suffix=PART_SUFFIX
             )
         except OSError as exc:
             raise OutputError(f"{self.path}: cannot write: {exc.strerror or exc}") from exc

@@ -21,6 +21,7 @@ from io import BytesIO
 from typing import Any
 
 from pydicom.charset import convert_encodings, default_encoding
+from pydicom.datadict import dictionary_description
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
@@ -35,8 +36,9 @@ from pydicom.uid import UID
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, STANDARD_VR
 
 from ._filewalk import LONG_VRS
+from ._notes import note
 
-__all__ = ["copy_elements", "copy_file_meta", "encode_file"]
+__all__ = ["copy_elements", "copy_file_meta", "element_name", "encode_file"]
 
 _EXPLICIT_LITTLE = (False, True)
 _UNDEFINED = 0xFFFFFFFF
@@ -72,13 +74,18 @@ _STRINGS = ("AE", "AS", "CS", "DA", "DT", "TM", "UI", "UR", "SH", "LO", "ST", "L
 _IMMUTABLE = (str, int, float, bytes, type(None))
 
 
-def copy_elements(elements: Mapping[Any, Any]) -> dict[Any, Any]:
+def copy_elements(elements: Mapping[Any, Any], *, name: str = "") -> dict[Any, Any]:
     """A copy of a dataset's elements (its ``_dict``) that changes leave alone.
 
     Elements pydicom has not decoded are immutable tuples of their bytes, and shared. A
     decoded one whose value is immutable (a number, a string, a UID) gets a new element
     holding the same value; the others (multiple values, sequences, person names) are
     deep-copied by a pickle round trip, a quarter of copy.deepcopy's cost.
+
+    Some values pydicom hands back cannot be pickled (a LUT Descriptor's values carry a
+    local converter function; a value read lazily holds an open file): those elements
+    are deep-copied one by one, a buffered value copied as its bytes, and an element
+    that still cannot be copied is left out with a note naming ``name`` and the tag.
     """
     out: dict[Any, Any] = {}
     deep: dict[Any, DataElement] = {}
@@ -90,8 +97,51 @@ def copy_elements(elements: Mapping[Any, Any]) -> dict[Any, Any]:
         else:
             out[tag] = deep[tag] = element
     if deep:
-        out.update(pickle.loads(pickle.dumps(deep, protocol=pickle.HIGHEST_PROTOCOL)))
+        try:
+            out.update(pickle.loads(pickle.dumps(deep, protocol=pickle.HIGHEST_PROTOCOL)))
+        except Exception:  # a value's own pickling error: copy the elements one by one
+            for tag, element in deep.items():
+                copied = _copy_one(element, name)
+                if copied is None:
+                    del out[tag]
+                else:
+                    out[tag] = copied
     return out
+
+
+def _copy_one(element: DataElement, name: str) -> DataElement | None:
+    """A deep copy of one element, its bytes if its value is buffered, or None (noted)."""
+    try:
+        copied: DataElement = pickle.loads(pickle.dumps(element, pickle.HIGHEST_PROTOCOL))
+        return copied
+    except Exception:  # the slower general copy comes next
+        pass
+    try:
+        return copy.deepcopy(element)
+    except Exception as exc:  # a value no copy protocol handles
+        problem = exc
+    if element.is_buffered:
+        try:
+            buffer = element.value
+            at = buffer.tell()
+            data = buffer.read()
+            buffer.seek(at)
+            return DataElement(element.tag, element.VR, data)
+        except Exception as exc:  # a closed or unreadable buffer
+            problem = exc
+    note(
+        f"{name or '<memory>'}: {element_name(element.tag)} cannot be copied ({problem}); left out"
+    )
+    return None
+
+
+def element_name(tag: int) -> str:
+    """``(0028,3002) LUT Descriptor``: a tag and, for a public one, its name (for messages)."""
+    text = f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+    try:
+        return f"{text} {dictionary_description(tag)}"
+    except KeyError:
+        return f"{text} private" if (tag >> 16) % 2 else text
 
 
 def copy_file_meta(meta: FileMetaDataset) -> FileMetaDataset:
