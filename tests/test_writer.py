@@ -10,6 +10,9 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ from pydicom.data import get_testdata_file
 
 import medeq
 from medeq import OutputError
+from medeq._notes import collecting
 from medeq.enhance import canonical_parameters, quality_of
 
 from .conftest import shared_file, synthetic_series
@@ -692,3 +696,340 @@ def test_quality_figures_and_window_match_the_pixels(
     assert derived.after == quality_of(after)
     lo, hi = int(derived.pixels.min()), int(derived.pixels.max())
     assert derived.header_options["value_span"] == (lo, hi)
+
+
+# --------------------------------------------------------------------------- odd sources
+
+
+def _explicit_with(tmp_path: Path, transform: Callable[[bytearray], None]) -> Path:
+    """pydicom's CT_small (explicit VR little endian) with its bytes changed."""
+    data = bytearray(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    transform(data)
+    path = tmp_path / "odd.dcm"
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
+def test_a_lut_descriptor_pydicom_cannot_pickle_is_copied(tmp_path: Path, implicit: bool) -> None:
+    """A LUT Descriptor's values carry a local converter function: the header copy must
+    not fail on it (it did, with "Can't pickle local object")."""
+    ds = pydicom.dcmread(get_testdata_file("MR_small_implicit.dcm"))
+    item = pydicom.Dataset()
+    item.add_new(0x00283002, "US", [256, 65535, 8])
+    item.ModalityLUTType = "US"
+    item.add_new(0x00283006, "US", list(range(256)))
+    ds.ModalityLUTSequence = [item]
+    if not implicit:
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.save_as(tmp_path / "lut.dcm", implicit_vr=implicit, little_endian=True)
+    image = medeq.read(tmp_path / "lut.dcm")
+    derived = medeq.enhance(image)
+    [path] = medeq.write(derived, tmp_path / "out.dcm")
+    out = pydicom.dcmread(path)
+    assert "ModalityLUTSequence" not in out
+    np.testing.assert_array_equal(out.pixel_array, derived.pixels[0])
+    assert "ModalityLUTSequence" in image.dataset  # the source's header is left alone
+
+
+def test_an_undefined_vr_on_image_type_is_left_out(tmp_path: Path) -> None:
+    """(0008,0008) Image Type read with the VR 'TS' (one flipped byte): pydicom cannot
+    decode it; the output gets a new Image Type, and the note says what was dropped."""
+
+    def flip(data: bytearray) -> None:
+        at = data.index(b"\x08\x00\x08\x00CS")
+        data[at + 4 : at + 6] = b"TS"
+
+    source = _explicit_with(tmp_path, flip)
+    with collecting() as notes:
+        [path] = medeq.write(medeq.enhance(medeq.read(source)), tmp_path / "out.dcm")
+    out = pydicom.dcmread(path)
+    assert list(out.ImageType) == ["DERIVED", "SECONDARY"]
+    assert out["ImageType"].VR == "CS"
+    [message] = [n for n in notes if "(0008,0008) Image Type" in n]
+    assert str(source) in message and "'TS'" in message and "left out" in message
+
+
+@pytest.mark.parametrize(
+    ("tag", "vr", "value", "named"),
+    [
+        (b"\x10\x00\x10\x00", b"QN", None, "(0010,0010) Patient's Name"),  # undefined VR
+        (b"\x18\x00\x10\x13", b"US", b"\x01\x00\x02", "(0018,1310) Acquisition Matrix"),
+        (b"\x08\x00\x08\x00", b"US", None, "(0008,0008) Image Type"),  # medeq reads it
+        (b"\x08\x00\x3e\x10", b"FD", b"AXIAL", "(0008,103E) Series Description"),
+    ],
+)
+def test_elements_that_cannot_be_written_are_left_out(
+    tmp_path: Path, tag: bytes, vr: bytes, value: bytes | None, named: str
+) -> None:
+    def change(data: bytearray) -> None:
+        at = data.find(tag)
+        if at < 0:  # add the element before (0020,000D) Study Instance UID
+            at = data.index(b"\x20\x00\x0d\x00UI")
+            assert value is not None
+            data[at:at] = tag + vr + struct.pack("<H", len(value)) + value
+            return
+        data[at + 4 : at + 6] = vr
+        if value is not None:
+            old = struct.unpack("<H", data[at + 6 : at + 8])[0]
+            data[at + 6 : at + 8 + old] = struct.pack("<H", len(value)) + value
+
+    source = _explicit_with(tmp_path, change)
+    with collecting() as notes:
+        [path] = medeq.write(medeq.enhance(medeq.read(source)), tmp_path / "out.dcm")
+    out = pydicom.dcmread(path)
+    number = int(named[1:5], 16) << 16 | int(named[6:10], 16)
+    if number in (0x00080008, 0x0008103E):  # written anew, under their own VR
+        assert pydicom.datadict.dictionary_VR(number) == out[number].VR
+    else:
+        assert number not in out
+    assert any(named in n and "left out" in n for n in notes), notes
+    np.testing.assert_array_equal(out.pixel_array, medeq.enhance(medeq.read(source)).pixels[0])
+
+
+def test_a_nested_number_of_the_wrong_length_is_left_out(tmp_path: Path) -> None:
+    """A UL of 2 bytes inside a sequence item (pydicom: BytesLengthException)."""
+
+    def insert(data: bytearray) -> None:
+        body = struct.pack("<HH2sH", 0x0008, 0x1150, b"UI", 6) + b"1.2.3\0"
+        body += struct.pack("<HH2sH", 0x0008, 0x1160, b"IS", 2) + b"1 "
+        body += struct.pack("<HH2sH", 0x0018, 0x9219, b"UL", 2) + b"\x01\x00"
+        item = struct.pack("<HHL", 0xFFFE, 0xE000, len(body)) + body
+        sequence = struct.pack("<HH2sxxL", 0x0008, 0x1140, b"SQ", len(item)) + item
+        at = data.index(b"\x10\x00\x10\x00PN")
+        data[at:at] = sequence
+
+    source = _explicit_with(tmp_path, insert)
+    with collecting() as notes:
+        [path] = medeq.write(medeq.enhance(medeq.read(source)), tmp_path / "out.dcm")
+    [item] = pydicom.dcmread(path).ReferencedImageSequence
+    assert item.ReferencedSOPClassUID == "1.2.3"
+    assert 0x00189219 not in item
+    assert any("(0008,1140) Referenced Image Sequence > (0018,9219)" in n for n in notes), notes
+
+
+def test_group_0002_and_0000_elements_in_the_data_set_are_left_out(tmp_path: Path) -> None:
+    def insert(data: bytearray) -> None:
+        at = data.index(b"\x08\x00\x05\x00CS")  # the first data set element
+        data[at:at] = struct.pack("<HH2sH", 0x0000, 0x0100, b"US", 2) + b"\x01\x00"
+        at = data.index(b"\x08\x00\x05\x00CS")
+        data[at:at] = struct.pack("<HH2sH", 0x0002, 0x0100, b"UI", 4) + b"1.2\0"
+
+    source = _explicit_with(tmp_path, insert)
+    with collecting() as notes:
+        [path] = medeq.write(medeq.enhance(medeq.read(source)), tmp_path / "out.dcm")
+    assert pydicom.dcmread(path).SOPInstanceUID
+    assert any("(0000,0100)" in n for n in notes) and any("(0002,0100)" in n for n in notes)
+
+
+def _fuzzed(data: bytes, positions: Iterable[int], masks: Iterable[int]) -> Iterator[bytes]:
+    for position in positions:
+        for mask in masks:
+            changed = bytearray(data)
+            changed[position] ^= mask
+            yield bytes(changed)
+
+
+@pytest.mark.parametrize(
+    ("name", "stride", "masks"),
+    [("CT_small.dcm", 29, (0x01, 0x20)), ("MR_small_implicit.dcm", 3, (0x20,))],
+)
+def test_a_flipped_header_byte_never_stops_the_output(
+    name: str, stride: int, masks: tuple[int, ...]
+) -> None:
+    """Every header that reads and equalizes gives an output, one byte flipped at a time
+    (VRs, lengths, tags, values): what cannot be written is left out. Only the source's
+    own fault (no SOP Class UID) refuses it, with a DicomError; never a pydicom
+    exception, and never an OutputError for an element that could have been dropped."""
+    from medeq.writer import encode_image
+
+    data = Path(get_testdata_file(name)).read_bytes()
+    end = data.index(b"\xe0\x7f\x10\x00")  # (7FE0,0010) Pixel Data
+    outcomes = {"written": 0, "refused": 0}
+    for changed in _fuzzed(data, range(132, end, stride), masks):
+        try:
+            with warnings.catch_warnings():  # the reader's own warnings on odd values
+                warnings.simplefilter("ignore")
+                derived = medeq.enhance(medeq.read(io.BytesIO(changed)))
+        except Exception:  # the reader's and the core's business, not the writer's
+            continue
+        try:
+            header = derived.dataset
+            encode_image(header, derived.pixels[:1], Path("unused.dcm"))
+        except medeq.DicomError as exc:
+            assert "(0008,0016) SOP Class UID" in str(exc)
+            outcomes["refused"] += 1
+            continue
+        outcomes["written"] += 1
+    assert outcomes["written"] > 30, outcomes
+
+
+def test_curve_data_and_nested_lut_data_of_an_implicit_rt_image(tmp_path: Path) -> None:
+    """Ambiguous VRs pydicom's writer cannot resolve ("Cannot write ambiguous VR"), at
+    the top level and in sequence items, are written as implicit VR reads them: OW."""
+    ds = pydicom.dcmread(get_testdata_file("MR_small_implicit.dcm"))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.1"
+    ds.Modality = "RTIMAGE"
+    ds.add_new(0x50003000, "OW", b"\x01\x02" * 8)  # Curve Data (retired)
+    ds.add_new(0x60003000, "OW", b"\x03\x04" * 8)  # Overlay Data
+    for element, vr, value in (
+        (0x0010, "US", 8),  # Overlay Rows
+        (0x0011, "US", 8),  # Overlay Columns
+        (0x0040, "CS", "G"),  # Overlay Type
+        (0x0050, "SS", [1, 1]),  # Overlay Origin
+        (0x0100, "US", 1),  # Overlay Bits Allocated
+        (0x0102, "US", 0),  # Overlay Bit Position
+    ):
+        ds.add_new(0x60000000 | element, vr, value)
+    lut = pydicom.Dataset()
+    lut.add_new(0x00283006, "OW", b"\x00\x01" * 4)  # LUT Data without its descriptor
+    ds.PresentationLUTSequence = [lut]
+    reference = pydicom.Dataset()
+    reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID = "1.2.3", "1.2.3.4"
+    reference.add_new(0x50023000, "OW", b"\x05\x06" * 4)
+    ds.ReferencedImageSequence = [reference]
+    ds.save_as(tmp_path / "rt.dcm", implicit_vr=True, little_endian=True)
+    assert pydicom.dcmread(tmp_path / "rt.dcm")[0x50003000].VR == "OB or OW"
+    with collecting() as notes:
+        [path] = medeq.write(medeq.enhance(medeq.read(tmp_path / "rt.dcm")), tmp_path / "o.dcm")
+    out = pydicom.dcmread(path)
+    assert out.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert (out[0x50003000].VR, out[0x50003000].value) == ("OW", b"\x01\x02" * 8)
+    assert (out[0x60003000].VR, out[0x60003000].value) == ("OW", b"\x03\x04" * 8)
+    assert out.PresentationLUTSequence[0][0x00283006].VR == "OW"
+    assert out.ReferencedImageSequence[0][0x50023000].VR == "OW"
+    assert any("(5000,3000) Curve Data has the ambiguous VR 'OB or OW'" in n for n in notes)
+    if shutil.which("dciodvfy"):
+        baseline = _error_lines(tmp_path / "rt.dcm")
+        new = {line for line in _error_lines(path) - baseline if not _inherited(line, baseline)}
+        assert not new, "\n".join(sorted(new))
+
+
+# --------------------------------------------------------------------------- names
+
+
+def _in_memory(sop_instance_uid: str) -> medeq.DicomImage:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    with warnings.catch_warnings():  # pydicom warns as an invalid UID is set
+        warnings.simplefilter("ignore")
+        ds.SOPInstanceUID = sop_instance_uid
+        data = io.BytesIO()
+        ds.save_as(data)
+    image = medeq.read(io.BytesIO(data.getvalue()))
+    assert image.info.path is None
+    return image
+
+
+@pytest.mark.parametrize(
+    "uid",
+    ["../../x", "/etc/passwd", "..", ".", "", "9" * 300, "a\0b/../c", ".hidden", "x\\..\\y"],
+    ids=["parent", "absolute", "dotdot", "dot", "empty", "long", "nul", "hidden", "backslash"],
+)
+def test_no_dicom_value_steers_an_output_path(tmp_path: Path, uid: str) -> None:
+    target = tmp_path / "a" / "b" / "out"
+    target.mkdir(parents=True)
+    [path] = medeq.write(medeq.enhance(_in_memory(uid)), target)
+    assert path.parent == target
+    assert re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\.dcm", path.name), path.name
+    assert len(path.name.encode()) < 255
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [path]
+
+
+def test_safe_names_stay_distinct() -> None:
+    from medeq.writer import safe_name
+
+    assert safe_name("1.2.840.10008", "x") == "1.2.840.10008"  # a valid UID is kept
+    assert safe_name("..", "7") == "7" and safe_name("", "") == "image"
+    long_a, long_b = safe_name("1" * 300, "x"), safe_name("1" * 299 + "2", "x")
+    assert long_a != long_b and len(long_a) <= 200
+    images = [_in_memory("../x"), _in_memory("/x")]  # both "_x" once made safe
+    names = medeq.writer.source_names(images)
+    assert len(set(names)) == 2
+
+
+def test_an_output_name_near_the_length_limit_is_written(ct_path: str, tmp_path: Path) -> None:
+    """The temporary file's name repeats only part of the target's (255-byte limit)."""
+    target = tmp_path / ("n" * 245 + ".dcm")
+    [path] = medeq.write(medeq.enhance(medeq.read(ct_path)), target)
+    assert path.stat().st_size > 0
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
+# --------------------------------------------------------------------------- reproducible
+
+
+def test_source_date_epoch_makes_outputs_byte_identical(
+    ct_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
+    first = medeq.write(medeq.enhance(medeq.read(ct_path)), tmp_path / "a.dcm")[0].read_bytes()
+    time.sleep(1.1)  # the clock moves on; the outputs must not
+    second = medeq.write(medeq.enhance(medeq.read(ct_path)), tmp_path / "b.dcm")[0].read_bytes()
+    assert first == second
+    out = pydicom.dcmread(tmp_path / "a.dcm")
+    assert (out.InstanceCreationDate, out.InstanceCreationTime) == ("19700101", "000000")
+    assert out.ContributingEquipmentSequence[-1].ContributionDateTime == (
+        "19700101000000.000000+0000"
+    )
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    out = pydicom.dcmread(medeq.write(medeq.enhance(medeq.read(ct_path)), tmp_path / "c.dcm")[0])
+    assert (out.InstanceCreationDate, out.InstanceCreationTime) == ("20231114", "221320")
+
+
+@pytest.mark.parametrize("value", ["soon", "-5", "1.5", "1e9", "99999999999999999999"])
+def test_a_malformed_source_date_epoch_is_refused(
+    ct_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    derived = medeq.enhance(medeq.read(ct_path))
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
+    with pytest.raises(medeq.ParameterError, match="SOURCE_DATE_EPOCH") as caught:
+        medeq.write(derived, tmp_path / "out.dcm")
+    assert value[:20] in str(caught.value)
+    assert not (tmp_path / "out.dcm").exists()
+
+
+def test_source_date_epoch_through_the_command_line(tmp_path: Path) -> None:
+    synthetic_series(tmp_path / "in")
+    env = {**os.environ, "SOURCE_DATE_EPOCH": "1234567890"}
+    outputs = []
+    for run in ("1", "2"):
+        out = tmp_path / f"out{run}"
+        subprocess.run(
+            [sys.executable, "-m", "medeq", "convert", str(tmp_path / "in"), "-o", str(out)],
+            env=env,
+            capture_output=True,
+            check=True,
+        )
+        outputs.append({p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*.dcm"))})
+    assert outputs[0] and outputs[0] == outputs[1]
+    for data in outputs[0].values():
+        assert pydicom.dcmread(io.BytesIO(data)).InstanceCreationDate == "20090213"
+
+
+def test_an_unwritable_value_names_the_file_and_the_element(ct_path: str, tmp_path: Path) -> None:
+    from medeq.writer import encode_image
+
+    derived = medeq.enhance(medeq.read(ct_path))
+    header = derived.dataset.copy()
+    item = pydicom.Dataset()
+    with warnings.catch_warnings():  # pydicom warns as the value is set
+        warnings.simplefilter("ignore")
+        item.add_new(0x00283002, "US", [1, 70000, 3])  # beyond US
+    header.ReferencedImageSequence = [item]
+    target = tmp_path / "x.dcm"
+    with pytest.raises(OutputError) as caught:
+        encode_image(header, derived.pixels, target)
+    message = str(caught.value)
+    assert message.startswith(f"{target}: cannot write DICOM: (0008,1140) Referenced Image")
+    assert "> (0028,3002) LUT Descriptor: " in message and "Traceback" not in message
+
+
+def test_an_unforeseen_failure_while_deriving_names_the_file(
+    ct_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(ds: pydicom.Dataset) -> str:
+        raise KeyError("something no check foresaw")
+
+    monkeypatch.setattr(medeq.writer, "_earlier_description", broken)
+    with pytest.raises(OutputError, match=r"CT_small.dcm: cannot derive the output header: "):
+        _ = medeq.enhance(medeq.read(ct_path)).dataset
