@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -20,6 +21,9 @@ import pytest
 from pydicom.data import get_testdata_file
 
 import medeq
+from medeq._scheduler import Scheduler, Task
+from medeq.convert import FileResult, Job, _decode_task
+from medeq.reader import ImageInfo
 
 from .conftest import synthetic_series
 from .test_cli import interrupted, make_series
@@ -339,3 +343,41 @@ def test_notes_reach_the_report(tmp_path: Path, jobs: int) -> None:
             assert any("covers none of the data's values" in n for n in r.notes), r.notes
         else:
             assert r.notes == []
+
+
+def aborts_on_b(info: ImageInfo, place: Any, quiet: bool) -> Any:
+    """A codec that aborts the process on the file b.dcm, as CharLS does on bad sizes."""
+    if Path(str(info.path)).name == "b.dcm":
+        os.abort()
+    return _decode_task(info, place, quiet)
+
+
+def test_with_one_worker_a_codec_runs_in_a_process_of_its_own(tmp_path: Path) -> None:
+    # jobs=1 runs in this process; a task that runs a codec library on a file's data
+    # (Task.isolate) runs in a process of its own, so an abort there fails one file.
+    images = []
+    for name in ("a.dcm", "b.dcm", "c.dcm"):
+        shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / name)
+        images.append(medeq.read(tmp_path / name))
+    jobs = [
+        Job([im], [tmp_path / "o.dcm"], [False], [FileResult(im.name, "planned")]) for im in images
+    ]
+    seen: dict[str, tuple[Any, str | None]] = {}
+
+    def second_pass(job: Job, outcomes: list[Any], submit: Any) -> int:
+        seen[Path(job.images[0].name).name] = outcomes[0]
+        return 0
+
+    def first_pass(job: Job) -> list[Task]:
+        im = job.images[0]
+        return [Task("decode", job, 0, aborts_on_b, (im.info, im._place, True), isolate=True)]
+
+    scheduler = Scheduler(1, first_pass, second_pass, lambda r: None)
+    scheduler.isolate()
+    try:
+        scheduler.run(jobs)
+    finally:
+        scheduler.close()
+    assert seen["a.dcm"][0].shape == seen["c.dcm"][0].shape == (1, 128, 128)
+    assert seen["b.dcm"][0] is None
+    assert "the codec library ended the process decoding it" in str(seen["b.dcm"][1])

@@ -309,6 +309,18 @@ def keep_freed_memory() -> bool:
     )
 
 
+def _stop(pool: Executor) -> None:
+    """End a process pool at once: its workers are terminated, not waited for."""
+    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14 on
+    if terminate is not None:
+        terminate()  # shuts the pool down too
+        return
+    # Ended first, so that the pool fails its futures as broken; cancelling them first
+    # would kill its manager thread instead (see Scheduler.scan).
+    _end_workers(pool)
+    pool.shutdown(wait=False)
+
+
 def _end_workers(pool: Executor) -> None:
     """Terminate the pool's worker processes that are still alive.
 
@@ -331,6 +343,9 @@ class Task:
     args: tuple[Any, ...]
     #: The tasks a batch runs in one trip to a worker (see :func:`_batched`), else None.
     parts: list[Task] | None = None
+    #: It runs a codec library on the file's data (compressed pixel data): a process of
+    #: its own even with one worker (see :meth:`Scheduler.isolate`).
+    isolate: bool = False
 
 
 #: A job's first-pass tasks go to the workers in batches of up to this many: a task's
@@ -389,6 +404,8 @@ class Scheduler:
         self.second_pass = second_pass
         self.settle = settle
         self.pool = self._new_pool()
+        #: With one worker: the process that runs the tasks marked ``isolate``.
+        self.sandbox: ProcessPoolExecutor | None = None
         self.pending: dict[Future[Any], Task] = {}
         self.suspects: deque[Task] = deque()
         self.backlog: deque[Task] = deque()
@@ -397,12 +414,16 @@ class Scheduler:
         self.closed = False
 
     def _new_pool(self) -> Executor:
-        import multiprocessing
-
         if self.workers == 1:
             return Inline()
+        return self._process_pool(self.workers)
+
+    @staticmethod
+    def _process_pool(workers: int) -> ProcessPoolExecutor:
+        import multiprocessing
+
         return ProcessPoolExecutor(
-            self.workers,
+            workers,
             mp_context=multiprocessing.get_context(start_method()),
             initializer=_worker_init,
         )
@@ -425,7 +446,9 @@ class Scheduler:
 
     def _send(self, task: Task) -> None:
         """Hand one task to the pool, guarded (:func:`guarded`): it cannot raise there."""
-        if task.parts is None:
+        if task.isolate and isinstance(self.pool, Inline):
+            future = self._isolated(task)
+        elif task.parts is None:
             future = self.pool.submit(guarded, task.fn, task.args)
         else:
             future = self.pool.submit(task.fn, *task.args)  # _run_batch guards each part
@@ -481,25 +504,60 @@ class Scheduler:
         if self.closed:
             return
         self.closed = True
+        if self.sandbox is not None:
+            _stop(self.sandbox)
         if isinstance(self.pool, Inline):
             # The file being written on its thread is finished and the rest dropped, so
             # that nothing appears (unflushed) after the run has returned.
             self.pool.shutdown(wait=True, cancel_futures=True)
             return
-        terminate = getattr(self.pool, "terminate_workers", None)  # Python 3.14 on
-        if terminate is not None:
-            terminate()  # shuts the pool down too
-            return
-        # Ended first, so that the pool fails its futures as broken; cancelling them
-        # first would kill its manager thread instead (see scan).
-        _end_workers(self.pool)
-        self.pool.shutdown(wait=False)
+        _stop(self.pool)
 
     def close(self) -> None:
         """Shut the pool down, waiting for its processes (unless a failure already did)."""
         if not self.closed:
             self.closed = True
             self.pool.shutdown(wait=True)
+            if self.sandbox is not None:
+                self.sandbox.shutdown(wait=True)
+
+    def isolate(self) -> None:
+        """With one worker, start the process that runs the tasks marked ``isolate``.
+
+        A codec library given hostile data can abort the process it runs in (CharLS
+        does, on some sizes); checked as the reader checks every codestream, the data
+        should not do that, but the one process of ``jobs=1`` is also the batch's, so such
+        tasks run in a process of their own, one at a time. Started here, before the run
+        starts its threads, it is forked at once. Worker processes need none.
+        """
+        if isinstance(self.pool, Inline) and self.sandbox is None:
+            self.sandbox = self._process_pool(1)
+            _launch(self.sandbox, 1)
+
+    def _isolated(self, task: Task) -> Future[Any]:
+        """Run ``task`` in the sandbox process and wait; a crash there fails the task."""
+        if self.sandbox is None:
+            self.isolate()
+        assert self.sandbox is not None
+        future: Future[Any] = Future()
+        try:
+            outcome = self.sandbox.submit(guarded, task.fn, task.args).result()
+        except BrokenProcessPool:
+            _stop(self.sandbox)
+            self.sandbox = None
+            path = task.job.images[task.index].info.path
+            outcome = Outcome(
+                None,
+                (),
+                f"{path}: the codec library ended the process decoding it (the compressed "
+                "pixel data are damaged in a way the decoder does not survive)",
+            )
+        except STOPS_THE_BATCH:
+            raise
+        except BaseException as exc:  # its outcome could not be sent back
+            outcome = Outcome(None, (), failure_text(exc), internal=True)
+        future.set_result(outcome)
+        return future
 
     def scan(self, files: list[Path]) -> list[Scanned]:
         """Headers of ``files`` (or error messages), read in batches by the workers.

@@ -392,10 +392,7 @@ def _finished(
     existed = path.exists()
     if existed and not overwrite:
         if not _ours(path, uid):
-            return [], (
-                f"{path}: exists and is not this command's output for these parameters "
-                "(use --overwrite to replace it)"
-            )
+            return [], _in_the_way(path)
         note(f"{path}: written by another run into the same folder at the same time")
         return [str(p) for p in (path, sidecar(path, ".jpg")) if p.exists()], None
     try:
@@ -515,17 +512,18 @@ def _already_done(target: Path, expected_uid: str, preview: bool, result: FileRe
     """
     if not target.exists():
         return False
+    problem: str | None
     try:
         with native_stderr_silenced(True):
-            image: DicomImage | None = read(target)
-    except MedeqError:  # an unreadable file at the target is not ours (or not whole)
-        image = None
-    if image is None or image.info.sop_instance_uid != expected_uid:
-        return (
-            f"{target}: exists and is not this command's output for these parameters "
-            "(use --overwrite to replace it)"
-        )
-    problem = _incomplete(image, preview)
+            image = read(target)
+    except MedeqError as exc:  # not ours, or ours and cut short
+        if _sop_instance_uid(target) != expected_uid:
+            return _in_the_way(target)
+        problem = str(exc)
+    else:
+        if image.info.sop_instance_uid != expected_uid:
+            return _in_the_way(target)
+        problem = _incomplete(image, preview)
     if problem is None:
         return True
     try:
@@ -540,6 +538,22 @@ def _already_done(target: Path, expected_uid: str, preview: bool, result: FileRe
         [f"{target}: an earlier output of this command was incomplete ({problem}): made again"]
     )
     return False
+
+
+def _in_the_way(target: Path) -> str:
+    return (
+        f"{target}: exists and is not this command's output for these parameters "
+        "(use --overwrite to replace it)"
+    )
+
+
+def _sop_instance_uid(path: Path) -> str | None:
+    """The (0008,0018) SOP Instance UID of a file medeq cannot read whole, if it has one."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        return str(ds.SOPInstanceUID)
+    except Exception:  # whatever the file is, it is not a whole output of ours
+        return None
 
 
 def _incomplete(image: DicomImage, preview: bool) -> str | None:
@@ -766,23 +780,19 @@ def _run(
 
     def first_pass(job: Job) -> list[Task]:
         plan = job.stream
-        if plan is not None:
-            return [
-                Task("decode", job, i, _stored_count_task, (im.info, im._place, quiet_decoders))
-                if stored_countable(im)
-                else Task(
-                    "decode",
-                    job,
-                    i,
-                    _count_task,
-                    (str(im.info.path), im.info.sop_instance_uid, plan, quiet_decoders),
-                )
-                for i, im in enumerate(job.images)
-            ]
-        return [
-            Task("decode", job, i, _decode_task, (im.info, im._place, quiet_decoders))
-            for i, im in enumerate(job.images)
-        ]
+        tasks = []
+        fn: Callable[..., Any]
+        args: tuple[Any, ...]
+        for i, im in enumerate(job.images):
+            if plan is None:
+                fn, args = _decode_task, (im.info, im._place, quiet_decoders)
+            elif stored_countable(im):
+                fn, args = _stored_count_task, (im.info, im._place, quiet_decoders)
+            else:
+                path, uid = str(im.info.path), im.info.sop_instance_uid
+                fn, args = _count_task, (path, uid, plan, quiet_decoders)
+            tasks.append(Task("decode", job, i, fn, args, isolate=compressed(im)))
+        return tasks
 
     def second_pass(job: Job, outcomes: list[Any], submit: Callable[[Task], None]) -> int:
         """Decide the job here and submit its writes; a failure fails its files alone."""
@@ -828,6 +838,8 @@ def _run(
     try:
         headers = scheduler.scan([file for file, _ in pairs])
         jobs_todo = _plan(pairs, headers, out, settings, dry_run, settle)
+        if not dry_run and any(compressed(im) for job in jobs_todo for im in job.images):
+            scheduler.isolate()
         if not dry_run and jobs_todo:
             for job in jobs_todo:
                 if (
@@ -1154,8 +1166,9 @@ def _stream_job(
     def write(_: int, i: int) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         image = job.images[i]
         info = image.info
+        # A compressed file is read again by path, in a process of its own (Task.isolate).
         args = (
-            image if settings.in_process else str(info.path),
+            image if settings.in_process and not compressed(image) else str(info.path),
             info.sop_instance_uid,
             counted,
             str(job.targets[i]),
@@ -1167,6 +1180,14 @@ def _stream_job(
         return _counted_write_task, args
 
     return _submit_writes(job, good, counted, settle, submit, write)
+
+
+def compressed(image: DicomImage) -> bool:
+    """Whether decoding ``image`` runs a codec library (its pixel data are encapsulated)."""
+    try:
+        return bool(pydicom.uid.UID(image.info.transfer_syntax).is_encapsulated)
+    except ValueError:  # not a transfer syntax pydicom knows: whatever decodes it is foreign
+        return True
 
 
 def _normalised_counts(
@@ -1208,7 +1229,9 @@ def _submit_writes(
             result.status = "skipped"
             settle(result)
             continue
-        submit(Task("write", job, i, *write(n, i)))
+        fn, args = write(n, i)
+        decodes = fn is _counted_write_task and compressed(job.images[i])
+        submit(Task("write", job, i, fn, args, isolate=decodes))
         submitted += 1
     return submitted
 
