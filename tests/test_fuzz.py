@@ -17,6 +17,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -272,6 +273,7 @@ def test_check_convert_accepts_a_sound_batch(tmp_path: Path) -> None:
 
 def test_check_convert_names_each_broken_invariant(tmp_path: Path) -> None:
     good, bad, lost = tmp_path / "good.dcm", tmp_path / "bad.dcm", tmp_path / "lost.dcm"
+    odd = tmp_path / "odd.dcm"
     out = tmp_path / "out"
     out.mkdir()
     (out / ".good.dcm.abc.part").write_bytes(b"x")
@@ -279,10 +281,12 @@ def test_check_convert_names_each_broken_invariant(tmp_path: Path) -> None:
     files = [
         {"input": str(good), "status": "failed", "error": ""},
         {"input": str(bad), "status": "converted", "outputs": [str(out / "bad.dcm")]},
+        {"input": str(odd), "status": "failed", "error": f"{odd}: internal error KeyError at x"},
     ]
     _report(report, files, [])
     stderr = "Traceback (most recent call last):\n  File ...\nKeyError: 'x'\n"
-    found = fuzz.check_convert(3, stderr, [good, bad, lost], [good], out, report, tmp_path)
+    inputs = [good, bad, lost, odd]
+    found = fuzz.check_convert(3, stderr, inputs, [good], out, report, tmp_path)
     text = "\n".join(found)
     for expected in (
         "exit code 3",
@@ -292,12 +296,43 @@ def test_check_convert_names_each_broken_invariant(tmp_path: Path) -> None:
         "output",
         "healthy good.dcm: failed",
         "leftover partial file .good.dcm.abc.part",
+        "odd.dcm: " + str(odd) + ": internal error KeyError",
     ):
         assert expected in text, text
     assert fuzz.check_convert(-9, "", [], [], out, tmp_path / "none.json", tmp_path) == [
         "killed by SIGKILL",
         "no report written",
     ]
+
+
+def test_replay_remakes_the_mutant_and_tells_its_outcome(tmp_path: Path) -> None:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    shutil.copyfile(_bundled("CT_small.dcm"), folder / "ct.dcm")
+    corpus = fuzz.load_corpus([folder], bundled=False)
+    data, recipe = fuzz.make_mutant(corpus, 3, 1)
+    keep = tmp_path / "keep"
+    args = ["--corpus", str(folder), "--no-bundled", "--replay", "3:1", "--keep", str(keep)]
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode in (0, 1), proc.stderr
+    assert proc.stdout.splitlines()[0] == f"recipe:  {recipe}"
+    assert re.search(r"^outcome: (ok|clean|crash|hang|abort|oom)", proc.stdout, re.M)
+    (kept,) = [p for p in keep.iterdir() if p.suffix == ".dcm"]
+    assert kept.read_bytes() == data
+
+
+def test_atheris_mode_needs_a_corpus_folder_to_grow(tmp_path: Path) -> None:
+    shutil.copyfile(_bundled("CT_small.dcm"), tmp_path / "ct.dcm")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--atheris", "--no-bundled", "--corpus", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "--grow DIR" in proc.stderr or "atheris is not installed" in proc.stderr
 
 
 # --------------------------------------------------------------------------- the CI budget

@@ -1646,6 +1646,10 @@ def _real(path: str | Path, base: Path) -> str:
     return os.path.realpath(p if p.is_absolute() else base / p)
 
 
+#: How the batch report words a bug of medeq's or a dying decoder (see docs/robustness.md).
+BATCH_CRASH_SIGNS = ("internal error", "worker process died")
+
+
 def check_convert(
     code: int,
     stderr: str,
@@ -1685,8 +1689,12 @@ def check_convert(
             v.append(f"{name}: status {status!r}")
         if status == "failed":
             failed = True
-            if not f.get("error"):
+            error = f.get("error") or ""
+            if not error:
                 v.append(f"{name}: failed without a reason")
+            # The batch isolates medeq's own bugs and dying decoders: still crashes.
+            if any(sign in error for sign in BATCH_CRASH_SIGNS):
+                v.append(f"{name}: {error[:300]}")
         if status == "converted" and not f.get("outputs"):
             v.append(f"{name}: converted but no output listed")
         for output in f.get("outputs", []):
@@ -1805,7 +1813,7 @@ def atheris_mode(
         before = {p.name for p in artifacts.iterdir()}
         grown = len(list(grow.iterdir()))
         engine = [sys.executable, str(SCRIPT), "--atheris-engine"]
-        engine += [f"--timeout={limits.timeout:g}", f"--memory={limits.memory}"]
+        engine += [f"--memory={limits.memory}"]  # -timeout below is libFuzzer's
         engine += [
             f"-fork={max(limits.jobs, 1)}",
             "-ignore_crashes=1",
@@ -1834,9 +1842,10 @@ def atheris_mode(
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     summary = Summary(outcomes, time.monotonic() - started, args.seed)
+    now = len(list(grow.iterdir()))
     print(
-        f"medeq fuzz --atheris: {len(list(grow.iterdir())) - grown} new corpus inputs in {grow}, "
-        f"{len(found)} artifact(s) in {artifacts}"
+        f"medeq fuzz --atheris: {now} inputs in {grow} ({now - grown:+} this run), "
+        f"{len(found)} new artifact(s) in {artifacts}"
     )
     print("  replayed: " + "  ".join(f"{k} {v}" for k, v in summary.counts.items()))
     for key, members in summary.groups():
