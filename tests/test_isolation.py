@@ -381,3 +381,35 @@ def test_with_one_worker_a_codec_runs_in_a_process_of_its_own(tmp_path: Path) ->
     assert seen["a.dcm"][0].shape == seen["c.dcm"][0].shape == (1, 128, 128)
     assert seen["b.dcm"][0] is None
     assert "the codec library ended the process decoding it" in str(seen["b.dcm"][1])
+
+
+def test_sources_without_uids_convert_and_resume(tmp_path: Path) -> None:
+    # No SOP Instance UID and no Series Instance UID: the outputs' UIDs come from each
+    # file's content, so two such files do not collide and a rerun finds its outputs.
+    (tmp_path / "in").mkdir()
+    for name, change in (("a.dcm", 0), ("b.dcm", 5)):
+        _copy_with_pixels(Path(get_testdata_file("CT_small.dcm")), tmp_path / "in" / name, change)
+        ds = pydicom.dcmread(tmp_path / "in" / name)
+        del ds.SOPInstanceUID, ds.SeriesInstanceUID
+        del ds.file_meta.MediaStorageSOPInstanceUID
+        ds.save_as(tmp_path / "in" / name, enforce_file_format=False)
+    first = medeq.convert(tmp_path / "in", tmp_path / "out", jobs=1)
+    assert first.totals["converted"] == 2, [r.error for r in first.files]
+    outputs = [pydicom.dcmread(r.outputs[0]) for r in first.files]
+    assert outputs[0].SOPInstanceUID != outputs[1].SOPInstanceUID
+    assert outputs[0].SeriesInstanceUID != outputs[1].SeriesInstanceUID
+    again = medeq.convert(tmp_path / "in", tmp_path / "out", jobs=1)
+    assert again.totals["skipped"] == 2 and again.exit_code == 0
+
+
+def test_a_malformed_source_date_epoch_is_a_usage_error(tmp_path: Path) -> None:
+    ct = get_testdata_file("CT_small.dcm")
+    run = subprocess.run(
+        [sys.executable, "-m", "medeq", "convert", ct, "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SOURCE_DATE_EPOCH": "yesterday"},
+        check=False,
+    )
+    assert run.returncode == 2 and "SOURCE_DATE_EPOCH must be a whole number" in run.stderr
+    assert not (tmp_path / "out").exists()

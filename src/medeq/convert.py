@@ -73,7 +73,15 @@ from .reader import (
     read_whole,
 )
 from .series import DICOM_SUFFIXES, Series, Walk, _make_series, find_dicom_files, walk
-from .writer import TransferSyntax, derive_header, derived_uid, encode_image, sidecar
+from .writer import (
+    TransferSyntax,
+    creation_time,
+    derive_header,
+    encode_image,
+    output_instance_uid,
+    output_series_uid,
+    sidecar,
+)
 
 __all__ = ["FileResult", "Report", "convert"]
 
@@ -680,6 +688,7 @@ def convert(
     core._as_variant(variant)
     parse_window(window)
     check_clahe_parameters(clip_limit, kernel_size, redistribution)
+    creation_time()  # a malformed SOURCE_DATE_EPOCH stops the batch here, not file by file
     if mask not in (None, "none", "auto"):
         raise ParameterError(f"mask must be 'none' or 'auto', got {mask!r}")
     workers = (os.cpu_count() or 1) if jobs is None else jobs
@@ -1008,11 +1017,7 @@ def _plan_series(
         canonical = canonical_parameters(
             batch, keep_private=settings.keep_private, **settings.enhance
         )
-        series_out = derived_uid(
-            batch[0].info.series_instance_uid or batch[0].info.sop_instance_uid,
-            canonical,
-            "series",
-        )
+        series_out = output_series_uid(batch[0], canonical)
         job = Job([], [], [], [])
         for first in batch:
             for im in [first, *copies.get(_sop_key(first), [])]:
@@ -1028,7 +1033,7 @@ def _plan_series(
                 result.add_notes(notes.get(id(im), ()))
                 done: bool | str = False
                 if not settings.overwrite:
-                    expected = derived_uid(im.info.sop_instance_uid, canonical, "instance")
+                    expected = output_instance_uid(im, canonical)
                     done = _already_done(target, expected, settings.preview, result)
                 if isinstance(done, str):
                     result.status, result.error, result.outputs = "failed", done, []

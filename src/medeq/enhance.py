@@ -22,7 +22,7 @@ from ._notes import collecting
 from .errors import ParameterError
 from .normalize import Normalized, Preset, WindowSpec, normalize, parse_window
 from .reader import DicomImage, Window
-from .writer import derive_header, derived_uid
+from .writer import derive_header, output_series_uid
 
 __all__ = ["Derived", "Method", "Quality", "enhance"]
 
@@ -347,9 +347,7 @@ def describe(
         )
     )
     first = images[0].info
-    series_uid = derived_uid(
-        first.series_instance_uid or first.sop_instance_uid, canonical, "series"
-    )
+    series_uid = output_series_uid(images[0], canonical)
     series_number = min((first.series_number or 0) + 1000, 2**31 - 1)
     header_options: dict[str, Any] = {
         "levels": out_levels,

@@ -78,6 +78,7 @@ __all__ = [
     "encode_image",
     "image_type_value_2",
     "output_instance_uid",
+    "output_series_uid",
     "safe_name",
     "sidecar",
     "write",
@@ -701,6 +702,18 @@ def output_instance_uid(source: DicomImage, parameters: str) -> str:
     """
     basis = source.info.sop_instance_uid or content_digest(source)
     return derived_uid(basis, parameters, "instance")
+
+
+def output_series_uid(source: DicomImage, parameters: str) -> str:
+    """The Series Instance UID of the outputs of ``source``'s series made with ``parameters``.
+
+    Derived from the source's Series Instance UID; for a source without one, as
+    :func:`output_instance_uid` derives the instance's (unrelated sources must not share
+    an output series).
+    """
+    info = source.info
+    basis = info.series_instance_uid or info.sop_instance_uid or content_digest(source)
+    return derived_uid(basis, parameters, "series")
 
 
 def content_digest(source: DicomImage) -> str:
