@@ -1630,6 +1630,7 @@ def run_convert(
     seconds = time.monotonic() - started
     violations = [f"did not finish in {budget:.0f} s (killed)"] if hung else []
     violations += check_convert(proc.returncode, stderr, inputs, healthy, out, report, workdir)
+    violations = [text.replace(f"{folder}{os.sep}", "") for text in violations]
     totals: dict[str, int] = {}
     with contextlib.suppress(OSError, ValueError, AttributeError):
         totals = json.loads(report.read_text()).get("totals", {})
@@ -1646,8 +1647,10 @@ def _real(path: str | Path, base: Path) -> str:
     return os.path.realpath(p if p.is_absolute() else base / p)
 
 
-#: How the batch report words a bug of medeq's or a dying decoder (see docs/robustness.md).
-BATCH_CRASH_SIGNS = ("internal error", "worker process died")
+#: How the batch report words a bug of medeq's (a crash) or a process a decoder ended (an
+#: abort): the batch isolates both, as it should, but each is still a failure to fix
+#: (medeq/_scheduler.py writes these words).
+BATCH_CRASH_SIGNS = ("internal error", "worker process died", "ended the process")
 
 
 def check_convert(
@@ -1694,7 +1697,7 @@ def check_convert(
                 v.append(f"{name}: failed without a reason")
             # The batch isolates medeq's own bugs and dying decoders: still crashes.
             if any(sign in error for sign in BATCH_CRASH_SIGNS):
-                v.append(f"{name}: {error[:300]}")
+                v.append(f"isolated by the batch, still a failure: {error[:300]}")
         if status == "converted" and not f.get("outputs"):
             v.append(f"{name}: converted but no output listed")
         for output in f.get("outputs", []):
@@ -1755,6 +1758,9 @@ def convert_mode(args: argparse.Namespace, corpus: list[SeedFile], limits: Limit
         )
         for text in run.violations:
             print(f"     - {text}")
+    named = {n for run in runs for text in run.violations for n in recipes if n in text}
+    for name in sorted(named, key=lambda n: int(n[1:-4])):
+        print(f"  {name}: {recipes[name]}")
     if len(healthy) < 3:
         print("  (fewer than 3 healthy files found in the corpus)")
     if args.json:
