@@ -60,7 +60,8 @@ def _bundled(name: str) -> Path:
 @pytest.fixture(scope="module")
 def corpus() -> list[Any]:
     """pydicom's bundled files only: the same everywhere."""
-    return fuzz.load_corpus([], bundled=True)
+    files: list[Any] = fuzz.load_corpus([], bundled=True)
+    return files
 
 
 # --------------------------------------------------------------------------- mutants
@@ -125,7 +126,9 @@ def test_a_hostile_value_reaches_the_file() -> None:
             ds = pydicom.dcmread(io.BytesIO(out[0]), force=True)
             assert ds.Rows == int(match[1])
             landed += 1
-    assert landed
+            if landed == 2:
+                return
+    pytest.fail("fewer than 2 of 400 draws set Rows to a whole number")
 
 
 def test_an_absent_element_is_inserted_in_tag_order() -> None:
@@ -154,7 +157,7 @@ def _clean(path: Path, out: Path, stage: Any) -> None:
 
 def _crash(path: Path, out: Path, stage: Any) -> None:
     stage("enhance")
-    {}["missing"]
+    raise KeyError("missing")
 
 
 def _abort(path: Path, out: Path, stage: Any) -> None:
@@ -263,7 +266,7 @@ def test_check_convert_accepts_a_sound_batch(tmp_path: Path) -> None:
     for p in (good, bad, text):
         p.write_bytes(b"x")
     report = tmp_path / "report.json"
-    files = [
+    files: list[dict[str, Any]] = [
         {"input": str(good), "status": "converted", "outputs": [str(out / "good.dcm")]},
         {"input": str(bad), "status": "failed", "error": "bad.dcm: not DICOM"},
     ]
@@ -278,7 +281,7 @@ def test_check_convert_names_each_broken_invariant(tmp_path: Path) -> None:
     out.mkdir()
     (out / ".good.dcm.abc.part").write_bytes(b"x")
     report = tmp_path / "report.json"
-    files = [
+    files: list[dict[str, Any]] = [
         {"input": str(good), "status": "failed", "error": ""},
         {"input": str(bad), "status": "converted", "outputs": [str(out / "bad.dcm")]},
         {"input": str(odd), "status": "failed", "error": f"{odd}: internal error KeyError at x"},

@@ -35,6 +35,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
+import importlib
+import importlib.util
 import io
 import json
 import math
@@ -158,8 +160,8 @@ def corpus_args(args: argparse.Namespace) -> list[str]:
 
 #: Explicit VRs with a 2-byte reserved field and a 4-byte length.
 LONG_VRS = ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV")
-SHORT_VRS = ("AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "PN")
-SHORT_VRS += ("SH", "SL", "SS", "ST", "TM", "UI", "UL", "US")
+SHORT_VRS: tuple[str, ...] = ("AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO")
+SHORT_VRS += ("LT", "PN", "SH", "SL", "SS", "ST", "TM", "UI", "UL", "US")
 TEXT_VRS = frozenset(
     ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR")
 ) | {"UT"}
@@ -217,7 +219,7 @@ def locate(data: bytes) -> list[Loc]:
     ds = parse(data)
     converted = []
     for tag in list(ds.keys()):
-        raw = ds.get_item(tag)
+        raw: Any = ds.get_item(tag)
         if raw is not None and raw.is_raw and raw.value_tell is not None:
             loc = _loc(data, raw)
             if loc is not None and loc.start >= meta_end:
@@ -544,9 +546,13 @@ def encode(value: object, vr: str, little: bool) -> tuple[str, bytes]:
             raw += b"\0" if written == "UI" else b" "
         return written, raw
     if isinstance(value, int):
-        spans = (("US", "H", 0, 2**16 - 1), ("SS", "h", -(2**15), 2**15 - 1))
-        spans += (("UL", "I", 0, 2**32 - 1), ("SL", "i", -(2**31), 2**31 - 1))
-        spans += (("SV", "q", -(2**63), 2**63 - 1),)
+        spans: list[tuple[str, str, int, int]] = [
+            ("US", "H", 0, 2**16 - 1),
+            ("SS", "h", -(2**15), 2**15 - 1),
+            ("UL", "I", 0, 2**32 - 1),
+            ("SL", "i", -(2**31), 2**31 - 1),
+            ("SV", "q", -(2**63), 2**63 - 1),
+        ]
         fits = [s for s in spans if s[2] <= value <= s[3]]
         own = [s for s in fits if s[0] in vr.split(" or ")]
         name, fmt, _, _ = (own or fits)[0]
@@ -1561,21 +1567,22 @@ def pick_healthy(
     tasks = [Task(-(i + 1), path=s.path, name=s.name) for i, s in enumerate(checked)]
     runner = Runner(checked, limits, workdir, target=check_source)
     facts = {o.recipe: o.info for o in runner.run(tasks) if o.kind == "ok"}
-    taken: set[str] = set()
-    for name in sources:
-        fact = facts.get(name, {})
-        taken |= {fact.get("SeriesInstanceUID"), fact.get("SOPInstanceUID")} - {None, ""}
+    taken = {uid for name in sources for uid in _uids(facts.get(name, {}))}
     eligible = [s for s in others[:24] if facts.get(s.name, {}).get("healthy")]
     rng.shuffle(eligible)
     chosen: list[SeedFile] = []
     for s in eligible:
-        uids = {facts[s.name].get("SeriesInstanceUID"), facts[s.name].get("SOPInstanceUID")}
+        uids = _uids(facts[s.name])
         if not uids & taken:
             chosen.append(s)
-            taken |= uids - {None, ""}
+            taken |= uids
         if len(chosen) == 3:
             break
     return chosen
+
+
+def _uids(fact: dict[str, Any]) -> set[str]:
+    return {str(fact.get(k)) for k in ("SeriesInstanceUID", "SOPInstanceUID") if fact.get(k)}
 
 
 @dataclass
@@ -1783,11 +1790,7 @@ ARTIFACT_PREFIXES = ("crash-", "timeout-", "oom-", "leak-", "slow-unit-")
 
 
 def have_atheris() -> bool:
-    try:
-        import atheris  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("atheris") is not None
 
 
 def atheris_mode(
@@ -1875,7 +1878,7 @@ def atheris_engine(limits: Limits) -> NoReturn:
     """The libFuzzer process (and, in fork mode, each of its workers): instruments medeq and
     pydicom, then fuzzes ``exercise``. MedeqErrors are the expected way to refuse a file;
     anything else is a crash for libFuzzer to record."""
-    import atheris
+    atheris: Any = importlib.import_module("atheris")
 
     if limits.memory > 0:
         resource.setrlimit(resource.RLIMIT_AS, (limits.memory, limits.memory))
