@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import json
 import re
+import struct
+import subprocess
+import sys
+import tempfile
+import tracemalloc
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
+from pydicom.encaps import encapsulate
 from pydicom.pixels.utils import pixel_array
+from pydicom.tag import BaseTag
 
 import medeq
 from medeq import CorruptPixelDataError, NotDicomError, UnsupportedImageError
+from medeq._notes import collecting
 
 from .conftest import SHARED_DICOM, shared_file
 
@@ -315,7 +329,7 @@ def test_truncated_pixel_data_from_pydicom_bundle(tmp_path: Path) -> None:
     data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
     path = tmp_path / "short.dcm"
     path.write_bytes(data[: len(data) - 5000])
-    with pytest.raises(CorruptPixelDataError, match=r"Pixel Data.*less than expected"):
+    with pytest.raises(CorruptPixelDataError, match=r"Pixel Data is shorter than the header"):
         _ = medeq.read(path).stored
 
 
@@ -386,14 +400,14 @@ def test_header_that_ends_before_rows_is_refused_by_read_info_too(tmp_path: Path
 
 
 def test_undecodable_codestream_lists_each_decoder() -> None:
-    path = shared_file("pydicom__JPEG2000-embedded-sequence-delimiter.dcm")
+    path = shared_file("wg04__NM1_JPLY.dcm")
     with pytest.raises(CorruptPixelDataError) as caught:
         _ = medeq.read(path).stored
     message = str(caught.value)
     assert "\n" not in message
     assert re.fullmatch(
-        rf"{re.escape(str(path))}: cannot decode \(7FE0,0010\) Pixel Data \(JPEG 2000 Image "
-        r"Compression\): the codestream could not be decoded by any installed decoder"
+        rf"{re.escape(str(path))}: cannot decode \(7FE0,0010\) Pixel Data \(JPEG Extended "
+        r"\(Process 2 and 4\)\): the codestream could not be decoded by any installed decoder"
         r"( \[[\w-]+: .+\])+",
         message,
     ), message
@@ -591,3 +605,568 @@ def test_explicit_data_labelled_implicit_reads_as_pydicom_reads_it(
         warnings.simplefilter("ignore")
         image = medeq.read(path)
         np.testing.assert_array_equal(image.stored[0], pixels)
+
+
+# --------------------------------------------------------------------------- hostile files
+
+
+def _raw(ds: pydicom.Dataset, keyword: str, value: bytes, vr: str | None = None) -> None:
+    """Put ``value`` in the element as the file's bytes, unchecked (as a damaged file has it)."""
+    tag = BaseTag(tag_for_keyword(keyword))
+    target = ds.file_meta if tag.group == 2 else ds
+    vr = vr or dictionary_VR(tag)
+    if len(value) % 2:
+        value += b"\0" if vr in ("UI", "OB") else b" "
+    target._dict[tag] = RawDataElement(tag, vr, len(value), value, 0, False, True)
+
+
+def _us(value: int) -> bytes:
+    return struct.pack("<H", value)
+
+
+def _dataset(name: str) -> pydicom.Dataset:
+    path = get_testdata_file(name) if "__" not in name else shared_file(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(path)
+
+
+def _saved(ds: pydicom.Dataset, path: Path) -> Path:
+    # The file meta's transfer syntax is written as it is (pydicom refuses unknown ones).
+    implicit = ds.file_meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian
+    pydicom.dcmwrite(path, ds, implicit_vr=implicit, little_endian=True)
+    return path
+
+
+def _with_transfer_syntax(path: Path, uid: bytes) -> None:
+    """Rewrite (0002,0010) in the file's bytes, its length and the group length with it."""
+    data = bytearray(path.read_bytes())
+    at = data.index(b"\x02\x00\x10\x00UI")
+    old = struct.unpack_from("<H", data, at + 6)[0]
+    new = uid + b"\0" * (len(uid) % 2)
+    data[at + 6 : at + 8 + old] = struct.pack("<H", len(new)) + new
+    group = data.index(b"\x02\x00\x00\x00UL")
+    length = struct.unpack_from("<I", data, group + 8)[0] + len(new) - old
+    data[group + 8 : group + 12] = struct.pack("<I", length)
+    path.write_bytes(bytes(data))
+
+
+def test_empty_pixel_data_is_refused_naming_the_element(tmp_path: Path) -> None:
+    ds = _dataset("CT_small.dcm")
+    ds.PixelData = b""
+    path = _saved(ds, tmp_path / "empty.dcm")
+    with pytest.raises(CorruptPixelDataError, match=r"\(7FE0,0010\) Pixel Data .* 32768 bytes"):
+        _ = medeq.read(path).stored
+    # A Dataset whose element has no value, or an empty one: said as such.
+    for value in (None, b""):
+        ds.PixelData = value
+        with pytest.raises(
+            CorruptPixelDataError,
+            match=r"^\S+CT_small\.dcm: \(7FE0,0010\) Pixel Data is empty \(length 0\); .* = 32768",
+        ):
+            _ = medeq.read(ds).stored
+    # Encapsulated data without a frame.
+    j2k = _dataset("MR_small_jp2klossless.dcm")
+    j2k.PixelData = encapsulate([])
+    path = _saved(j2k, tmp_path / "no_frames.dcm")
+    with pytest.raises(CorruptPixelDataError, match=r"frame 1 of \(7FE0,0010\) Pixel Data is corr"):
+        _ = medeq.read(path).stored
+
+
+@pytest.mark.parametrize(
+    ("uid", "error", "message"),
+    [
+        (
+            b"1.2.3.4",
+            UnsupportedImageError,
+            r"'1\.2\.3\.4' is not one medeq can read pixels of",
+        ),
+        (b"1.3.6.1.4.1.5962.300.1", UnsupportedImageError, r"'1\.3\.6\.1\.4\.1\.5962\.300\.1' is"),
+        (b"1.2.840.10008.5.1.4.1.1.2", UnsupportedImageError, r"\(CT Image Storage\) is not one"),
+        (b"1.2.840.10008.1.2.4.100", UnsupportedImageError, r"\(MPEG2 Main Profile / Main"),
+        (b"1.2.840.10008.1.2.4.92", UnsupportedImageError, r"\(JPEG 2000 Part 2 Multi-compo"),
+        (b"1.2.abc", NotDicomError, r"'1\.2\.abc' is not a UID"),
+        (b"1.2 .3", NotDicomError, r"'1\.2 \.3' is not a UID"),
+        (b"1." + b"2" * 70, NotDicomError, r"'1\.2222.*' is not a UID"),
+        (b"\xff\xfe1.2", NotDicomError, r"is not a UID"),
+    ],
+)
+def test_transfer_syntax_uids_medeq_cannot_read(
+    tmp_path: Path, uid: bytes, error: type[Exception], message: str
+) -> None:
+    path = _saved(_dataset("CT_small.dcm"), tmp_path / "ts.dcm")
+    _with_transfer_syntax(path, uid)
+    with pytest.raises(
+        error, match=rf"^{re.escape(str(path))}: \(0002,0010\) Transfer Syntax UID .*{message}"
+    ):
+        medeq.read(path)
+    # The header is still described as it is.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        info = medeq.read_info(path)
+        expected = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+    assert info.transfer_syntax == expected
+    assert info.as_dict()["transfer_syntax_name"]
+
+
+def test_an_empty_transfer_syntax_is_inferred_with_a_note(tmp_path: Path) -> None:
+    path = _saved(_dataset("CT_small.dcm"), tmp_path / "ts.dcm")
+    expected = medeq.read(path).stored.copy()
+    _with_transfer_syntax(path, b"")
+    with collecting() as notes:
+        image = medeq.read(path)
+        np.testing.assert_array_equal(image.stored, expected)
+    assert image.info.transfer_syntax_inferred
+    assert image.info.transfer_syntax == pydicom.uid.ExplicitVRLittleEndian
+    assert notes == [
+        f"{path}: (0002,0010) Transfer Syntax UID is empty; the data set reads as Explicit VR "
+        "Little Endian, and its pixels are read as such"
+    ]
+
+
+def test_a_panicking_rle_decoder_gives_corrupt_pixel_data(tmp_path: Path) -> None:
+    # pylibjpeg-rle panics (pyo3's PanicException, a BaseException) when the segments
+    # decode to more than Rows x Columns.
+    ds = _dataset("MR_small_RLE.dcm")
+    ds.Rows = 24
+    path = _saved(ds, tmp_path / "rows24.dcm")
+    with pytest.raises(
+        CorruptPixelDataError,
+        match=r"cannot decode \(7FE0,0010\) Pixel Data \(RLE Lossless\): .*PanicException.*out of",
+    ):
+        _ = medeq.read(path).stored
+
+
+def _never_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a decoder was called")
+
+    monkeypatch.setattr("medeq.reader.pixel_array", boom)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"BitsAllocated": 8, "BitsStored": 8, "HighBit": 7},
+            r"frame 1 of \(7FE0,0010\) Pixel Data does not match the header: its RLE header "
+            r"gives 2 segments; \(0028,0002\) Samples per Pixel 1 x \(0028,0100\) Bits "
+            r"Allocated 8 / 8 = 1 \(RLE Lossless\)$",
+        ),
+        (
+            {"Rows": 4096},
+            r"an RLE segment of 1884 bytes decodes to 120576 bytes at most, fewer than "
+            r"\(0028,0010\) Rows 4096 x \(0028,0011\) Columns 64 = 262144",
+        ),
+    ],
+)
+def test_rle_headers_are_checked_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, changes: dict[str, int], message: str
+) -> None:
+    ds = _dataset("MR_small_RLE.dcm")
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    path = _saved(ds, tmp_path / "rle.dcm")
+    _never_decoded(monkeypatch)
+    with pytest.raises(CorruptPixelDataError, match=message):
+        _ = medeq.read(path).stored
+
+
+HOSTILE_FRAMES = [b"1e308", b"-1e308", b"-1", b"0", b"2147483648", b"abc", b"1.5", b"nan", b"inf"]
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_jp2klossless.dcm"])
+@pytest.mark.parametrize("value", HOSTILE_FRAMES)
+def test_number_of_frames_out_of_range_is_refused(tmp_path: Path, name: str, value: bytes) -> None:
+    ds = _dataset(name)
+    _raw(ds, "NumberOfFrames", value)
+    path = _saved(ds, tmp_path / "frames.dcm")
+    message = (
+        rf"^{re.escape(str(path))}: \(0028,0008\) Number of Frames '{re.escape(value.decode())}'"
+    )
+    with pytest.raises(
+        medeq.DicomError, match=message + r" is not a whole number from 1 to 2147483647$"
+    ):
+        medeq.read_info(path)
+    with pytest.raises(medeq.DicomError, match=message):
+        medeq.read(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("CT_small.dcm", r"\(0028,0008\) Number of Frames 2147483647 x \(0028,0100\) Bits"),
+        ("MR_small_jp2klossless.dcm", r"\(0028,0008\) Number of Frames 2147483647 cannot be in a"),
+    ],
+)
+def test_more_frames_than_the_file_can_hold_are_refused_at_once(
+    tmp_path: Path, name: str, message: str
+) -> None:
+    ds = _dataset(name)
+    ds.NumberOfFrames = 2**31 - 1
+    path = _saved(ds, tmp_path / "frames.dcm")
+    assert medeq.read_info(path).frames == 2**31 - 1
+    with pytest.raises(CorruptPixelDataError, match=message):
+        medeq.read(path)
+
+
+def test_the_command_line_refuses_a_hostile_number_of_frames(tmp_path: Path) -> None:
+    ds = _dataset("CT_small.dcm")
+    _raw(ds, "NumberOfFrames", b"1e308")
+    path = _saved(ds, tmp_path / "frames.dcm")
+    for command in (["info", str(path)], ["convert", str(path), "-o", str(tmp_path / "out")]):
+        done = subprocess.run(
+            [sys.executable, "-m", "medeq", *command], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode in (1, 2), (command, done.stderr)
+        assert "Traceback" not in done.stderr
+        assert "(0028,0008) Number of Frames '1e308'" in done.stdout + done.stderr
+
+
+#: Files whose decoder aborted the process (GDCM, CharLS) when the header lied about
+#: the size: each case is (file, changes); every one must now be a CorruptPixelDataError.
+DECODER_CASES = [
+    ("wg04__CT1_JLSL.dcm", {"Rows": 46341}),
+    ("wg04__CT1_JLSL.dcm", {"Rows": 65535}),
+    ("wg04__CT1_JLSL.dcm", {"Columns": 65535}),
+    ("wg04__CT1_JLSL.dcm", {"Rows": 256}),
+    ("wg04__CT1_JLSL.dcm", {"BitsAllocated": 8, "BitsStored": 8, "HighBit": 7}),
+    ("MR_small_jpeg_ls_lossless.dcm", {"Rows": 46341}),
+    ("MR_small_jp2klossless.dcm", {"Rows": 46341}),
+    ("MR_small_jp2klossless.dcm", {"Columns": 32}),
+    ("wg04__CT1_JPLL.dcm", {"Rows": 46341}),
+    ("wg04__CT1_J2KR.dcm", {"Columns": 1024}),
+    ("JPGExtended.dcm", {"Rows": 2048}),
+]
+
+
+def test_size_lies_give_a_clean_error_and_never_abort(tmp_path: Path) -> None:
+    cases = []
+    for index, (name, changes) in enumerate(DECODER_CASES):
+        if "__" in name and not (SHARED_DICOM / name).is_file():
+            continue
+        ds = _dataset(name)
+        for keyword, value in changes.items():
+            setattr(ds, keyword, value)
+        cases.append(str(_saved(ds, tmp_path / f"case{index}.dcm")))
+    # In a child process: a regression aborts the child, not pytest.
+    child = (
+        "import json, sys, medeq\n"
+        "out = []\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        medeq.read(path).stored\n"
+        "        out.append(['decoded', ''])\n"
+        "    except medeq.MedeqError as exc:\n"
+        "        out.append([type(exc).__name__, str(exc)])\n"
+        "print(json.dumps(out))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", child, *cases], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    outcomes = json.loads(done.stdout)
+    assert len(outcomes) == len(cases)
+    for path, (kind, message) in zip(cases, outcomes, strict=True):
+        assert kind == "CorruptPixelDataError", (path, kind, message)
+        assert re.match(
+            rf"{re.escape(path)}: frame 1 of \(7FE0,0010\) Pixel Data does not match the header: "
+            r"its codestream holds \d+ rows x \d+ columns, 1 component\(s\) of \d+ bits; the "
+            r"header gives \(0028,0010\) Rows \d+, \(0028,0011\) Columns \d+, \(0028,0002\) "
+            r"Samples per Pixel 1, \(0028,0100\) Bits Allocated \d+ \(",
+            message,
+        ), message
+
+
+def test_a_huge_declared_image_is_refused_before_any_allocation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medeq import reader
+
+    native = _dataset("CT_small.dcm")
+    native.Rows = native.Columns = 65535
+    native.NumberOfFrames = 1000
+    path = _saved(native, tmp_path / "native.dcm")
+    with pytest.raises(
+        CorruptPixelDataError,
+        match=r"\(0028,0010\) Rows 65535 x \(0028,0011\) Columns 65535 x \(0028,0008\) Number of "
+        r"Frames 1000 x \(0028,0100\) Bits Allocated 16 / 8 = 8589672450000 bytes, more than",
+    ):
+        medeq.read(path)
+    encapsulated = _dataset("MR_small_jp2klossless.dcm")
+    encapsulated.Rows = encapsulated.Columns = 65535
+    encapsulated.NumberOfFrames = 100  # a file of 6 KB can hold 100 (empty) frames
+    path = _saved(encapsulated, tmp_path / "j2k.dcm")
+    with pytest.raises(
+        UnsupportedImageError,
+        match=r"Frames 100 x \(0028,0100\) Bits Allocated 16 / 8 = 858967245000 bytes decoded, "
+        r"more than the 4294967296 bytes medeq decodes from compressed pixel data",
+    ):
+        medeq.read(path)
+    # The cap is one constant: a healthy 64 x 64 image is refused below it.
+    monkeypatch.setattr(reader, "MAX_DECODED_BYTES", 8191)
+    with pytest.raises(UnsupportedImageError, match=r"= 8192 bytes decoded, more than the 8191"):
+        medeq.read(get_testdata_file("MR_small_jp2klossless.dcm"))
+
+
+def test_a_frame_count_that_disagrees_with_the_encoded_frames(tmp_path: Path) -> None:
+    ds = _dataset("fodicom__HasFragmentSequence.dcm")  # 96 frames, with an offset table
+    for frames in (95, 97):
+        ds.NumberOfFrames = frames
+        path = _saved(ds, tmp_path / f"{frames}.dcm")
+        with pytest.raises(
+            CorruptPixelDataError,
+            match=rf"Pixel Data holds 96 encoded frame\(s\), but \(0028,0008\) Number of Frames "
+            rf"is {frames}$",
+        ):
+            _ = medeq.read(path).stored
+
+
+def test_a_length_that_lies_allocates_nothing_of_it(tmp_path: Path) -> None:
+    # Pixel Data's length field says 4 GB in a 40 KB file: reads ask for what is there.
+    data = bytearray(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    at = data.rfind(b"\xe0\x7f\x10\x00OW\x00\x00")
+    data[at + 8 : at + 12] = struct.pack("<I", 0xFFFFFFF0)
+    path = tmp_path / "long.dcm"
+    path.write_bytes(bytes(data))
+    tracemalloc.start()
+    try:
+        with pytest.raises(medeq.DicomError, match=r"Pixel Data"):
+            _ = medeq.read(path).stored
+        with pytest.raises(medeq.DicomError):
+            _ = medeq.reader.read_whole(path).stored
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20
+
+
+# (keyword, file value, VR to write it with (None: the dictionary's), error, message)
+BAD_REQUIRED = [
+    ("Rows", _us(512) + _us(512), None, NotDicomError, r"\(0028,0010\) Rows '512\\\\512' is"),
+    ("Rows", b"1e308", "DS", UnsupportedImageError, r"\(0028,0010\) Rows '1e308' is not a whole"),
+    ("Columns", b"-5", "IS", UnsupportedImageError, r"\(0028,0011\) Columns '-5' is not a whole"),
+    ("BitsAllocated", b"abc", "IS", NotDicomError, r"\(0028,0100\) Bits Allocated 'abc' is not"),
+    ("PixelRepresentation", _us(2), None, UnsupportedImageError, r"\(0028,0103\) Pixel Repre"),
+    (
+        "SamplesPerPixel",
+        _us(0),
+        None,
+        UnsupportedImageError,
+        r"\(0028,0002\) Samples per Pixel '0'",
+    ),
+    ("RescaleSlope", b"abc", None, NotDicomError, r"\(0028,1053\) Rescale Slope 'abc' is not a"),
+    ("RescaleIntercept", b"1+2", None, NotDicomError, r"\(0028,1052\) Rescale Intercept '1\+2'"),
+]
+
+
+@pytest.mark.parametrize(("keyword", "value", "vr", "error", "message"), BAD_REQUIRED)
+def test_a_bad_required_value_is_refused_naming_it(
+    tmp_path: Path, keyword: str, value: bytes, vr: str | None, error: type[Exception], message: str
+) -> None:
+    ds = _dataset("CT_small.dcm")
+    _raw(ds, keyword, value, vr)
+    path = _saved(ds, tmp_path / "bad.dcm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the value it cannot convert
+        with pytest.raises(error, match=rf"^{re.escape(str(path))}: {message}"):
+            medeq.read(path)
+
+
+# (keyword, file value, the info field, what it must be, the note)
+BAD_OPTIONAL = [
+    (
+        "InstanceNumber",
+        b"abc",
+        "instance_number",
+        None,
+        r"\(0020,0013\) Instance Number 'abc' is ig",
+    ),
+    ("SeriesNumber", b"1e308", "series_number", None, r"\(0020,0011\) Series Number '1e308' is ig"),
+    ("ImagePositionPatient", b"nan\\0\\0", "image_position", None, r"Image Position \(Patient\)"),
+    ("ImagePositionPatient", b"1\\2", "image_position", None, r"not 3 finite numbers"),
+    ("ImagePositionPatient", b"1e308\\0\\0", "image_position", None, r"not 3 finite numbers"),
+    ("ImageOrientationPatient", b"0\\0\\0\\0\\0\\0", "image_orientation", None, r"two unit vec"),
+    ("ImageOrientationPatient", b"1\\0\\0\\0\\inf\\0", "image_orientation", None, r"6 finite"),
+    ("HighBit", _us(20), "high_bit", 20, r"\(0028,0102\) High Bit 20 is not \(0028,0101\) Bits"),
+]
+
+
+@pytest.mark.parametrize(("keyword", "value", "field", "expected", "message"), BAD_OPTIONAL)
+def test_a_bad_optional_value_is_dropped_with_a_note(
+    tmp_path: Path, keyword: str, value: bytes, field: str, expected: object, message: str
+) -> None:
+    ds = _dataset("CT_small.dcm")
+    _raw(ds, keyword, value)
+    path = _saved(ds, tmp_path / "bad.dcm")
+    with warnings.catch_warnings(), collecting() as notes:
+        warnings.simplefilter("ignore")
+        image = medeq.read(path)
+        stored = image.stored
+    assert getattr(image.info, field) == expected
+    assert stored.shape == (1, 128, 128)
+    assert len(notes) == 1 and re.match(rf"^{re.escape(str(path))}: .*{message}", notes[0]), notes
+
+
+def test_unusable_windows_are_left_out_with_a_note(tmp_path: Path) -> None:
+    ds = _dataset("CT_small.dcm")
+    _raw(ds, "WindowCenter", b"40\\inf\\1e308\\nan\\50")
+    _raw(ds, "WindowWidth", b"400\\80\\10\\20\\-1e400")
+    _raw(ds, "WindowCenterWidthExplanation", b"A\\B\\C\\D\\E")
+    path = _saved(ds, tmp_path / "windows.dcm")
+    with warnings.catch_warnings(), collecting() as notes:
+        warnings.simplefilter("ignore")
+        info = medeq.read_info(path)
+    assert info.windows == (medeq.Window(40.0, 400.0, "LINEAR", "A"),)
+    assert len(notes) == 4
+    assert notes[0] == (
+        f"{path}: window 2 of 5, (0028,1050) Window Center 'inf' / (0028,1051) Window Width "
+        "'80.0', is ignored: both must be finite numbers within ±2**53 (the windows after it "
+        "move up one place)"
+    )
+    assert "window 5 of 5" in notes[3] and "move up" not in notes[3]
+    # The usable ones stay, in order.
+    _raw(ds, "WindowCenter", b"40\\1e308\\50")
+    _raw(ds, "WindowWidth", b"400\\10\\350")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        info = medeq.read_info(_saved(ds, tmp_path / "windows2.dcm"))
+    assert [(w.center, w.width) for w in info.windows] == [(40.0, 400.0), (50.0, 350.0)]
+
+
+# --------------------------------------------------------------------------- damaged files
+
+#: Native files (no decoder that could abort): explicit and implicit VR, big endian,
+#: a non-image with sequences.
+NATIVE_SEEDS = ("CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "rtplan.dcm")
+
+
+def _outcome(path: Path) -> None:
+    """Read ``path`` every way the reader offers; anything but a MedeqError fails the test."""
+    from medeq.reader import read_whole
+
+    for step in (
+        lambda: medeq.read_info(path),
+        lambda: medeq.read(path).stored,
+        lambda: read_whole(path).stored,
+        lambda: medeq.read(io.BytesIO(path.read_bytes())).stored,
+    ):
+        with contextlib.suppress(medeq.MedeqError):
+            step()
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_damaged_native_files_read_or_fail_cleanly(data: st.DataObject) -> None:
+    name = data.draw(st.sampled_from(NATIVE_SEEDS), label="file")
+    original = Path(get_testdata_file(name)).read_bytes()
+    damaged = original
+    header = damaged.rfind(b"\xe0\x7f\x10\x00")
+    header = len(original) if header < 0 else header + 12
+    for _ in range(data.draw(st.integers(1, 4), label="changes")):
+        at = data.draw(st.integers(0, header - 1), label="offset")
+        patch = data.draw(st.binary(min_size=1, max_size=4), label="bytes")
+        damaged = damaged[:at] + patch + damaged[at + len(patch) :]
+    cut = data.draw(st.one_of(st.just(len(damaged)), st.integers(0, len(damaged))), label="cut")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "damaged.dcm"
+        path.write_bytes(damaged[:cut])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _outcome(path)
+
+
+#: Compressed seeds for the mutation loop run in a child process.
+LOOP_SEEDS = (
+    "MR_small_RLE.dcm",
+    "MR_small_jp2klossless.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "JPEG2000.dcm",
+    "JPGExtended.dcm",
+    "JPEGLSNearLossless_16.dcm",
+)
+HOSTILE_VALUES = (b"1e308", b"-1e308", b"inf", b"nan", b"1e-320", b"", b"abc", b"0", b"-1")
+HOSTILE_US = (0, 1, 7, 8, 12, 16, 17, 32, 64, 255, 4096, 46341, 65535)
+
+
+def _mutant(rng: np.random.Generator, folder: Path, index: int) -> tuple[Path, str]:
+    """One reproducible mutant of a compressed seed, and its recipe."""
+    name = LOOP_SEEDS[int(rng.integers(len(LOOP_SEEDS)))]
+    ds = _dataset(name)
+    recipe = []
+    for _ in range(int(rng.integers(1, 3))):
+        keyword = str(
+            rng.choice(
+                [
+                    "Rows",
+                    "Columns",
+                    "BitsAllocated",
+                    "BitsStored",
+                    "HighBit",
+                    "SamplesPerPixel",
+                    "PixelRepresentation",
+                    "NumberOfFrames",
+                    "WindowCenter",
+                    "RescaleSlope",
+                ]
+            )
+        )
+        if dictionary_VR(tag_for_keyword(keyword)) == "US":
+            value = int(rng.choice(HOSTILE_US))
+            _raw(ds, keyword, _us(value))
+        else:
+            value = HOSTILE_VALUES[int(rng.integers(len(HOSTILE_VALUES)))]
+            _raw(ds, keyword, value)
+        recipe.append(f"{keyword}={value!r}")
+    path = _saved(ds, folder / f"m{index}.dcm")
+    data = bytearray(path.read_bytes())
+    if rng.random() < 0.5:  # damage the first frame's header too
+        start = data.rfind(b"\xe0\x7f\x10\x00") + 12
+        for _ in range(int(rng.integers(1, 4))):
+            at = int(rng.integers(start, min(len(data), start + 120)))
+            data[at] = int(rng.integers(256))
+            recipe.append(f"byte {at}={data[at]}")
+    if rng.random() < 0.2:
+        del data[int(rng.integers(len(data) // 2, len(data))) :]
+        recipe.append(f"cut at {len(data)}")
+    path.write_bytes(bytes(data))
+    return path, f"{name}: {', '.join(recipe)}"
+
+
+def test_a_fixed_seed_mutation_loop_over_compressed_files(tmp_path: Path) -> None:
+    # Hostile header values and damaged codestream headers, decoded in a child process:
+    # every mutant reads or fails with a MedeqError; no other exception, hang or abort.
+    rng = np.random.default_rng(20261207)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mutants = [_mutant(rng, tmp_path, index) for index in range(120)]
+    child = (
+        "import json, sys, warnings, medeq\n"
+        "warnings.simplefilter('ignore')\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        medeq.read_info(path)\n"
+        "        medeq.read(path).stored\n"
+        "        print('ok', flush=True)\n"
+        "    except medeq.MedeqError:\n"
+        "        print('error', flush=True)\n"
+        "    except BaseException as exc:\n"
+        "        text = str(exc)[:200].replace(chr(10), ' ')\n"
+        "        print('crash', type(exc).__name__, text, flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", child, *(str(p) for p, _ in mutants)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    lines = done.stdout.splitlines()
+    last = mutants[len(lines)][1] if len(lines) < len(mutants) else ""
+    assert done.returncode == 0, f"child died ({done.returncode}) on {last}: {done.stderr[-1500:]}"
+    crashes = [
+        f"{recipe}: {line}"
+        for (_, recipe), line in zip(mutants, lines, strict=True)
+        if line.startswith("crash")
+    ]
+    assert not crashes, "\n".join(crashes)
+    assert {"ok", "error"} <= set(lines)

@@ -6,6 +6,7 @@ writer to find the elements stored after the pixel data.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from typing import BinaryIO, cast
@@ -19,6 +20,7 @@ __all__ = [
     "PIXEL_DATA",
     "PIXEL_TAGS",
     "UNDEFINED",
+    "BoundedReader",
     "Place",
     "Skipper",
     "last_place",
@@ -34,6 +36,33 @@ PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 #: Explicit VRs with a 4-byte length (PS3.5 Table 7.1-1), as pydicom lists them: the
 #: reader, the walker and the encoder take them from here.
 LONG_VRS = frozenset(str(vr).encode() for vr in EXPLICIT_VR_LENGTH_32)
+
+
+class BoundedReader(io.BufferedReader):
+    """A file opened for binary reading whose reads never ask for more than it holds.
+
+    A length field of a damaged file can say 4 GB in a file of 4 KB; pydicom (and
+    Python's own ``read(n)``) allocate the ``n`` bytes asked for before reading, so such
+    a file would cost 4 GB of memory, or a MemoryError, to find out it is short. Reads
+    here ask for what is left in the file at most, and come back short as usual.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], mode: str = "rb") -> None:
+        if mode != "rb":
+            raise ValueError(f"BoundedReader reads only ('rb'), not {mode!r}")
+        raw = io.FileIO(os.fspath(path), "rb")
+        try:
+            self._size = os.fstat(raw.fileno()).st_size
+            super().__init__(raw)
+        except BaseException:
+            raw.close()
+            raise
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes (all that is left for None or a negative size)."""
+        if size is not None and size > 0:
+            size = min(size, max(self._size - self.tell(), 0))
+        return super().read(size)
 
 
 class Skipper:

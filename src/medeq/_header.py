@@ -18,12 +18,13 @@ file.
 from __future__ import annotations
 
 import functools
+import math
 import re
 import struct
 from typing import Any, BinaryIO
 
 from pydicom.charset import convert_encodings, default_encoding
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import dictionary_description, dictionary_VR, tag_for_keyword
 from pydicom.dataelem import (
     DataElement,
     RawDataElement,
@@ -32,6 +33,7 @@ from pydicom.dataelem import (
 )
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filereader import read_sequence
+from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -42,9 +44,17 @@ from pydicom.uid import (
 from pydicom.valuerep import VR
 from pydicom.values import convert_string
 
-from ._filewalk import LONG_VRS, PIXEL_TAGS, UNDEFINED
+from ._filewalk import LONG_VRS, PIXEL_TAGS, UNDEFINED, BoundedReader
 
-__all__ = ["dictionary_entry", "header_value", "read_header"]
+__all__ = [
+    "dictionary_entry",
+    "file_text",
+    "finite_number",
+    "header_value",
+    "read_header",
+    "tag_name",
+    "whole_number",
+]
 
 #: The first read: most headers end within it; a longer one is read on in bigger steps.
 FIRST_READ = 1 << 16
@@ -107,33 +117,44 @@ class _Buffer:
 def read_header(path: str) -> FileDataset | None:
     """The file's header as ``dcmread(path, stop_before_pixels=True)`` reads it.
 
-    None when the file is not laid out as this reader expects (see the module's text);
-    ``OSError`` when it cannot be opened or read.
+    None when the file is not laid out as this reader expects (see the module's text),
+    and for any damage this reader meets on the way: pydicom then reads the file and
+    says what it makes of it (a read that fails fails again there). ``OSError`` when
+    the file cannot be opened.
     """
-    with open(path, "rb") as fp:
-        buf = _Buffer(fp)
-        if not buf.has(132) or buf.data[128:132] != b"DICM":
+    with BoundedReader(path) as fp:
+        try:
+            return _read_header(path, fp)
+        except Exception:
+            # pydicom's sequence reader raises OSError, struct.error, ValueError... on
+            # damaged items: the file is left to pydicom's reader, the reference.
             return None
-        meta = _elements(buf, 132, implicit=False, meta=True)
-        if meta is None:
-            return None
-        meta_elements, pos = meta
-        file_meta = _file_meta(meta_elements)
-        if file_meta is None:
-            return None
-        syntax = _transfer_syntax(file_meta)
-        if syntax is None or syntax in _NOT_EXPLICIT_LITTLE or syntax in PrivateTransferSyntaxes:
-            return None
-        implicit = syntax == ImplicitVRLittleEndian
-        if not buf.has(pos + 8):
-            return None  # no data set: pydicom's odd cases are its own
-        group = buf.data[pos] | buf.data[pos + 1] << 8
-        if group == 0 or _looks_explicit(buf.data, pos) == implicit:
-            return None  # a command set, or a data set not in its transfer syntax
-        found = _elements(buf, pos, implicit=implicit, meta=False)
-        if found is None:
-            return None
-        elements, _ = found
+
+
+def _read_header(path: str, fp: BinaryIO) -> FileDataset | None:
+    buf = _Buffer(fp)
+    if not buf.has(132) or buf.data[128:132] != b"DICM":
+        return None
+    meta = _elements(buf, 132, implicit=False, meta=True)
+    if meta is None:
+        return None
+    meta_elements, pos = meta
+    file_meta = _file_meta(meta_elements)
+    if file_meta is None:
+        return None
+    syntax = _transfer_syntax(file_meta)
+    if syntax is None or syntax in _NOT_EXPLICIT_LITTLE or syntax in PrivateTransferSyntaxes:
+        return None
+    implicit = syntax == ImplicitVRLittleEndian
+    if not buf.has(pos + 8):
+        return None  # no data set: pydicom's odd cases are its own
+    group = buf.data[pos] | buf.data[pos + 1] << 8
+    if group == 0 or _looks_explicit(buf.data, pos) == implicit:
+        return None  # a command set, or a data set not in its transfer syntax
+    found = _elements(buf, pos, implicit=implicit, meta=False)
+    if found is None:
+        return None
+    elements, _ = found
     dataset = Dataset(elements, parent_encoding=default_encoding)
     encoding: str | list[str] = default_encoding
     charset = elements.get(BaseTag(_CHARSET))
@@ -323,3 +344,81 @@ def _decode(vr: str, data: bytes) -> Any:
         numbers = [kind(part) for part in parts]
         return numbers[0] if len(numbers) == 1 else numbers
     return None
+
+
+# --------------------------------------------------------------------------- checked values
+
+
+def whole_number(value: Any) -> int | None:
+    """``value`` as an int if it is one whole number, else None.
+
+    One whole number is an int, a finite float without a fraction, or text that reads as
+    one of these (IS and DS values pydicom could not convert come back as text). Lists
+    of one value are that value; anything else (several values, NaN, "abc") is None.
+    """
+    if isinstance(value, (list, tuple, MultiValue)):
+        if len(value) != 1:
+            return None
+        value = value[0]
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return int(value)
+    number = finite_number(value)
+    if number is None or not number.is_integer():
+        return None
+    return int(number)
+
+
+def finite_number(value: Any) -> float | None:
+    """``value`` as a finite float (from a number or its text), else None."""
+    if isinstance(value, (list, tuple, MultiValue)):
+        if len(value) != 1:
+            return None
+        value = value[0]
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("iso8859")
+    try:
+        # Python's int() refuses text over 4300 digits: such text is no number here.
+        number = float(value.strip(" \0") if isinstance(value, str) else value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def tag_name(keyword: str) -> str:
+    """A tag as messages name it: ``(0028,0010) Rows``."""
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        return keyword
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {dictionary_description(tag)}"
+
+
+def file_text(ds: Dataset, keyword: str, longest: int = 40) -> str:
+    """The value of ``ds``'s element as messages show it: quoted, as the file gives it.
+
+    An element not yet decoded shows its bytes as text (``'1e308'``, not the 309-digit
+    number pydicom makes of it); a decoded one its value. Long values are cut.
+    """
+    entry = dictionary_entry(keyword)
+    elem = ds._dict.get(entry[0]) if entry is not None else None
+    raw = elem.value if isinstance(elem, RawDataElement) else None
+    text = raw.decode("iso8859", "replace").rstrip(" \0") if isinstance(raw, bytes) else ""
+    # Implicit VR elements carry no VR: the dictionary's says whether the bytes are text.
+    vr = (elem.VR or entry[1]) if isinstance(elem, RawDataElement) and entry else None
+    if not isinstance(raw, bytes) or vr not in _TEXT_VRS or not text.isprintable():
+        try:  # binary values as pydicom decodes them
+            value = ds.get(keyword)
+            many = isinstance(value, (list, MultiValue))
+            text = "\\".join(map(str, value)) if many else str(value)
+        except Exception:
+            text = raw.hex(" ") if isinstance(raw, bytes) else "?"
+    return repr(text if len(text) <= longest else text[: longest - 3] + "...")
+
+
+#: VRs whose bytes are text: shown as the file has them.
+_TEXT_VRS = frozenset(
+    ["AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "SH", "ST", "TM", "UI"]
+)

@@ -26,14 +26,25 @@ from typing import IO, Any
 import numpy as np
 import pydicom
 from numpy.typing import NDArray
+from pydicom import config
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from . import _codestream
-from ._filewalk import PIXEL_DATA, PIXEL_TAGS, Place, Skipper, last_place, resume
-from ._header import header_value, read_header
+from ._filewalk import (
+    PIXEL_DATA,
+    PIXEL_TAGS,
+    BoundedReader,
+    Place,
+    Skipper,
+    last_place,
+    resume,
+)
+from ._header import file_text, finite_number, header_value, read_header, tag_name, whole_number
+from ._notes import note
 from .errors import CorruptPixelDataError, DicomError, NotDicomError, UnsupportedImageError
 
 __all__ = ["DicomImage", "ImageInfo", "Source", "Window", "read", "read_info"]
@@ -60,6 +71,11 @@ def logged_warnings(name: str) -> Iterator[list[warnings.WarningMessage]]:
     finally:
         for w in caught:
             logger.debug("%s: pydicom: %s", name, w.message)
+
+
+def _uid(text: str) -> UID:
+    """A UID from a file, as it is: pydicom's check of its form would warn each time."""
+    return UID(text, validation_mode=config.IGNORE)
 
 
 #: What :func:`read` accepts: a path, a binary file object, or a pydicom Dataset.
@@ -118,7 +134,7 @@ class ImageInfo:
     @property
     def transfer_syntax_name(self) -> str:
         """The transfer syntax's name, as the DICOM standard gives it."""
-        return UID(self.transfer_syntax).name
+        return _uid(self.transfer_syntax).name
 
     @property
     def is_grey(self) -> bool:
@@ -335,6 +351,8 @@ def _image(
     info = _info(header, path, inferred)
     _check_complete(header, info)
     _check_grey(header, info)
+    size = version[0] if version is not None else len(src) if isinstance(src, bytes) else None
+    _check_fits(info, size)
     image = DicomImage(header, info, src)
     image._place = place
     image._version = version
@@ -351,8 +369,7 @@ def _read_header(
     """
     if isinstance(source, Dataset):
         path = str(source.filename) if isinstance(source.get("filename"), str) else None
-        ts = _file_meta(source).get("TransferSyntaxUID")
-        return source, source, path, ts is None, None
+        return source, source, path, _declared_syntax(source) is None, None
     if isinstance(source, (str, os.PathLike)):
         p = Path(source)
         name = str(p)
@@ -407,37 +424,34 @@ def _info(header: Dataset, path: str | None, inferred: bool) -> ImageInfo:
     with logged_warnings(name):
         try:
             return _make_info(header, path, inferred)
+        except DicomError:
+            raise
         except Exception as exc:  # malformed values raise many types on conversion
-            raise NotDicomError(f"{name}: header values cannot be parsed: {exc}") from exc
+            raise NotDicomError(
+                f"{name}: header values cannot be parsed: {_first_line(exc)}"
+            ) from exc
 
 
 def _parse(opener: Any, name: str, *, stop_before_pixels: bool) -> tuple[Dataset, bool]:
     """dcmread with medeq's error messages; returns the dataset and 'transfer syntax inferred'."""
-    if isinstance(opener, io.BytesIO):
-        opener.seek(0)
     with logged_warnings(name) as caught:
         try:
             try:
                 fast = None
                 if stop_before_pixels and isinstance(opener, Path):
                     fast = read_header(str(opener))
-                if fast is None:
-                    ds = pydicom.dcmread(opener, stop_before_pixels=stop_before_pixels)
-                else:
-                    ds = fast
+                ds = _dcmread(opener, stop_before_pixels, force=False) if fast is None else fast
                 forced = False
             except InvalidDicomError:
-                if isinstance(opener, io.BytesIO):
-                    opener.seek(0)
-                ds = pydicom.dcmread(opener, stop_before_pixels=stop_before_pixels, force=True)
+                ds = _dcmread(opener, stop_before_pixels, force=True)
                 forced = True
         except Exception as exc:  # pydicom raises many types on malformed input
-            raise NotDicomError(f"{name}: not a readable DICOM file: {exc}") from exc
+            raise NotDicomError(f"{name}: not a readable DICOM file: {_first_line(exc)}") from exc
     if forced and not _looks_like_dicom(ds):
         raise NotDicomError(
             f"{name}: not DICOM (no 'DICM' preamble, and no DICOM image attributes could be parsed)"
         )
-    inferred = "TransferSyntaxUID" not in _file_meta(ds)
+    inferred = _declared_syntax(ds) is None
     if inferred and not stop_before_pixels:
         _set_inferred_transfer_syntax(ds)
     truncated = [w for w in caught if "End of file reached" in str(w.message)]
@@ -447,6 +461,15 @@ def _parse(opener: Any, name: str, *, stop_before_pixels: bool) -> tuple[Dataset
             "encapsulated data's sequence delimiter"
         )
     return ds, inferred
+
+
+def _dcmread(opener: Path | io.BytesIO, stop_before_pixels: bool, *, force: bool) -> Dataset:
+    """pydicom's reader on a file (through :class:`BoundedReader`) or in-memory bytes."""
+    if isinstance(opener, Path):
+        with BoundedReader(opener) as fp:
+            return pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels, force=force)
+    opener.seek(0)
+    return pydicom.dcmread(opener, stop_before_pixels=stop_before_pixels, force=force)
 
 
 #: Groups a data set without a preamble can start with (little or big endian).
@@ -500,16 +523,23 @@ def _set_inferred_transfer_syntax(ds: Dataset) -> None:
 # --------------------------------------------------------------------------- the info record
 
 
-def _number(value: Any, default: float) -> float:
+def _number(value: Any, default: float, keyword: str) -> float:
+    """A rescale value as a float (NaN and infinities included: normalising judges them).
+
+    Raises ValueError naming the tag for text that is no number.
+    """
     if value is None or value == "":
         return default
     if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
         value = value[0] if len(value) else default
-    return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{tag_name(keyword)} {str(value)[:40]!r} is not a number") from None
 
 
 def _values(ds: Dataset, keyword: str) -> list[Any]:
-    value = header_value(ds, keyword)
+    value = _value(ds, keyword)
     if value is None or value == "":
         return []
     if isinstance(value, (pydicom.multival.MultiValue, list, tuple)):
@@ -556,7 +586,11 @@ def frame_attribute(ds: Dataset, frame: int, sequence: str, keyword: str) -> Any
 
 
 def rescale_of_frame(ds: Dataset, frame: int) -> tuple[float, float, str]:
-    """(slope, intercept, type) of one frame: functional groups first, then the top level."""
+    """(slope, intercept, type) of one frame: functional groups first, then the top level.
+
+    The values are floats as the file gives them, NaN and infinities included (the
+    normaliser refuses those); text that is no number raises ValueError naming the tag.
+    """
     slope = frame_attribute(ds, frame, "PixelValueTransformationSequence", "RescaleSlope")
     intercept = frame_attribute(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept")
     rtype = frame_attribute(ds, frame, "PixelValueTransformationSequence", "RescaleType")
@@ -566,10 +600,23 @@ def rescale_of_frame(ds: Dataset, frame: int) -> tuple[float, float, str]:
         intercept = header_value(ds, "RescaleIntercept")
     if rtype is None:
         rtype = header_value(ds, "RescaleType")
-    return _number(slope, 1.0), _number(intercept, 0.0), str(rtype or "")
+    return (
+        _number(slope, 1.0, "RescaleSlope"),
+        _number(intercept, 0.0, "RescaleIntercept"),
+        str(rtype or ""),
+    )
 
 
-def _windows(ds: Dataset) -> tuple[Window, ...]:
+#: The largest magnitude of a window value or a patient coordinate medeq takes. Past
+#: 2**53 a float64 no longer holds every integer: such a window cannot tell neighbouring
+#: stored values apart, and such a position (in mm) is no patient's. 1e308 or inf in a
+#: file is damage, and arithmetic on it overflows.
+LARGEST_VALUE = 2.0**53
+
+
+def _windows(ds: Dataset, name: str) -> tuple[Window, ...]:
+    """The file's windows; a pair that is not two finite numbers within
+    ±:data:`LARGEST_VALUE` is left out, with a note."""
     source: Dataset = ds
     if "WindowCenter" not in ds:
         item = None
@@ -586,34 +633,137 @@ def _windows(ds: Dataset) -> tuple[Window, ...]:
     function = str(header_value(source, "VOILUTFunction") or "LINEAR").strip().upper()
     out = []
     for i, (c, w) in enumerate(zip(centers, widths, strict=False)):
+        center, width = finite_number(c), finite_number(w)
+        if center is None or width is None or max(abs(center), abs(width)) > LARGEST_VALUE:
+            later = " (the windows after it move up one place)" if i + 1 < len(centers) else ""
+            note(
+                f"{name}: window {i + 1} of {min(len(centers), len(widths))}, (0028,1050) "
+                f"Window Center {str(c)[:40]!r} / (0028,1051) Window Width {str(w)[:40]!r}, "
+                f"is ignored: both must be finite numbers within ±2**53{later}"
+            )
+            continue
         explanation = str(explanations[i]) if i < len(explanations) else ""
-        out.append(Window(float(c), float(w), function, explanation))
+        out.append(Window(center, width, function, explanation))
     return tuple(out)
 
 
-def _int(ds: Dataset, keyword: str, default: int) -> int:
-    value = header_value(ds, keyword)
-    return default if value is None or value == "" else int(value)
+#: The largest (0028,0008) Number of Frames: what an IS value can hold.
+MOST_FRAMES = 2**31 - 1
+#: What a US value can hold (Rows, Columns, Bits Allocated ...).
+_US = 0xFFFF
+
+
+def _value(ds: Dataset, keyword: str) -> Any:
+    """:func:`header_value`, or a value no number is made of when pydicom cannot decode it.
+
+    pydicom raises on some values it cannot convert (an IS of 'inf'); the callers then
+    name the element with its text from the file.
+    """
+    try:
+        return header_value(ds, keyword)
+    except Exception:
+        return _UNDECODABLE
+
+
+#: What :func:`_value` gives for an element pydicom cannot decode.
+_UNDECODABLE = object()
+
+
+def _whole(ds: Dataset, keyword: str, name: str, default: int, low: int, high: int) -> int:
+    """A required whole-number value, ``default`` when absent or empty.
+
+    Raises
+    ------
+    NotDicomError
+        The value is no whole number (text, NaN, several values).
+    UnsupportedImageError
+        It is one, outside ``low`` to ``high``.
+    """
+    value = _value(ds, keyword)
+    if value is None or value == "":
+        return default
+    number = whole_number(value)
+    if number is not None and low <= number <= high:
+        return number
+    error = NotDicomError if number is None else UnsupportedImageError
+    raise error(
+        f"{name}: {tag_name(keyword)} {file_text(ds, keyword)} is not a whole number "
+        f"from {low} to {high}"
+    )
+
+
+def _optional_whole(ds: Dataset, keyword: str, name: str) -> int | None:
+    """An optional IS value; one that is not a whole number an IS holds is None, with a note."""
+    value = _value(ds, keyword)
+    if value is None or value == "":
+        return None
+    number = whole_number(value)
+    if number is not None and -(2**31) <= number < 2**31:
+        return number
+    note(
+        f"{name}: {tag_name(keyword)} {file_text(ds, keyword)} is ignored: not a whole "
+        f"number from -2147483648 to 2147483647"
+    )
+    return None
+
+
+def _geometry(
+    ds: Dataset, keyword: str, count: int, name: str, *fallback: str
+) -> tuple[float, ...] | None:
+    """``count`` finite numbers within ±:data:`LARGEST_VALUE` from ``ds`` (or the first item
+    of the ``fallback`` sequences); anything else is None, with a note.
+
+    Direction cosines (six values) must also make two vectors of length 1 (to 1 %).
+    """
+    source = ds
+    values = _values(ds, keyword)
+    if not values:
+        source = _first_item(ds, *fallback) or Dataset()
+        values = _values(source, keyword)
+    if not values:
+        return None
+    if values == [_UNDECODABLE]:
+        values = [None]
+    numbers = [finite_number(v) for v in values]
+    good = [n for n in numbers if n is not None and abs(n) <= LARGEST_VALUE]
+    unit = count != 6 or all(
+        0.99 <= float(np.hypot.reduce(good[k : k + 3])) <= 1.01 for k in (0, 3)
+    )
+    if len(good) == count == len(numbers) and unit:
+        return tuple(good)
+    what = "two unit vectors" if count == 6 and len(good) == 6 else f"{count} finite numbers"
+    note(f"{name}: {tag_name(keyword)} {file_text(source, keyword)} is ignored: not {what}")
+    return None
+
+
+def _declared_syntax(ds: Dataset) -> str | None:
+    """(0002,0010) *Transfer Syntax UID* as the file meta gives it; None if absent or empty."""
+    value = _file_meta(ds).get("TransferSyntaxUID")
+    text = str(value).strip(" \0") if value is not None else ""
+    return text or None
 
 
 def _make_info(ds: Dataset, path: str | None, inferred: bool) -> ImageInfo:
-    meta = _file_meta(ds)
-    ts = str(meta.get("TransferSyntaxUID") or _inferred_transfer_syntax(ds))
-    frames = _int(ds, "NumberOfFrames", 1) or 1
-    slopes = {rescale_of_frame(ds, f)[:2] for f in range(frames)} if frames > 1 else set()
-    slope, intercept, rtype = rescale_of_frame(ds, 0)
-    position = _values(ds, "ImagePositionPatient") or _values(
-        _first_item(ds, "PerFrameFunctionalGroupsSequence", "PlanePositionSequence") or Dataset(),
-        "ImagePositionPatient",
-    )
-    orientation = _values(ds, "ImageOrientationPatient") or _values(
-        _first_item(ds, "SharedFunctionalGroupsSequence", "PlaneOrientationSequence") or Dataset(),
-        "ImageOrientationPatient",
-    )
-    bits_allocated = _int(ds, "BitsAllocated", 0)
-    bits_stored = _int(ds, "BitsStored", bits_allocated)
-    instance = header_value(ds, "InstanceNumber")
-    series_number = header_value(ds, "SeriesNumber")
+    name = path or "<memory>"
+    declared = _declared_syntax(ds)
+    ts = declared or _inferred_transfer_syntax(ds)
+    if declared is None and "TransferSyntaxUID" in _file_meta(ds):
+        note(
+            f"{name}: (0002,0010) Transfer Syntax UID is empty; the data set reads as "
+            f"{_uid(ts).name}, and its pixels are read as such"
+        )
+        inferred = True
+    frames = _whole(ds, "NumberOfFrames", name, 1, 1, MOST_FRAMES)
+    try:
+        # Only frames with an item of their own can differ: the rest share one rescale.
+        per_frame = header_value(ds, "PerFrameFunctionalGroupsSequence") or ()
+        count = min(frames, len(per_frame) + 1) if frames > 1 else 0
+        slopes = {rescale_of_frame(ds, f)[:2] for f in range(count)}
+        slope, intercept, rtype = rescale_of_frame(ds, 0)
+    except ValueError as exc:
+        raise NotDicomError(f"{name}: {exc}") from exc
+    bits_allocated = _whole(ds, "BitsAllocated", name, 0, 0, _US)
+    bits_stored = _whole(ds, "BitsStored", name, bits_allocated, 0, _US)
     return ImageInfo(
         path=path,
         modality=str(header_value(ds, "Modality") or ""),
@@ -621,14 +771,14 @@ def _make_info(ds: Dataset, path: str | None, inferred: bool) -> ImageInfo:
         sop_instance_uid=str(header_value(ds, "SOPInstanceUID") or ""),
         series_instance_uid=str(header_value(ds, "SeriesInstanceUID") or ""),
         study_instance_uid=str(header_value(ds, "StudyInstanceUID") or ""),
-        rows=_int(ds, "Rows", 0),
-        columns=_int(ds, "Columns", 0),
+        rows=_whole(ds, "Rows", name, 0, 0, _US),
+        columns=_whole(ds, "Columns", name, 0, 0, _US),
         frames=frames,
-        samples_per_pixel=_int(ds, "SamplesPerPixel", 1),
+        samples_per_pixel=_whole(ds, "SamplesPerPixel", name, 1, 1, _US),
         bits_allocated=bits_allocated,
         bits_stored=bits_stored,
-        high_bit=_int(ds, "HighBit", bits_stored - 1),
-        signed=_int(ds, "PixelRepresentation", 0) == 1,
+        high_bit=_whole(ds, "HighBit", name, bits_stored - 1, 0, _US),
+        signed=_whole(ds, "PixelRepresentation", name, 0, 0, 1) == 1,
         photometric=str(header_value(ds, "PhotometricInterpretation") or "").strip().upper(),
         transfer_syntax=ts,
         transfer_syntax_inferred=inferred,
@@ -638,13 +788,25 @@ def _make_info(ds: Dataset, path: str | None, inferred: bool) -> ImageInfo:
         per_frame_rescale=len(slopes) > 1,
         modality_lut="ModalityLUTSequence" in ds,
         voi_lut="VOILUTSequence" in ds,
-        windows=_windows(ds),
+        windows=_windows(ds, name),
         lossy=str(header_value(ds, "LossyImageCompression") or "") == "01",
-        series_number=None if series_number in (None, "") else int(series_number),
-        instance_number=None if instance in (None, "") else int(instance),
-        image_position=tuple(float(v) for v in position) if len(position) == 3 else None,  # type: ignore[arg-type]
-        image_orientation=(
-            tuple(float(v) for v in orientation) if len(orientation) == 6 else None  # type: ignore[arg-type]
+        series_number=_optional_whole(ds, "SeriesNumber", name),
+        instance_number=_optional_whole(ds, "InstanceNumber", name),
+        image_position=_geometry(  # type: ignore[arg-type]
+            ds,
+            "ImagePositionPatient",
+            3,
+            name,
+            "PerFrameFunctionalGroupsSequence",
+            "PlanePositionSequence",
+        ),
+        image_orientation=_geometry(  # type: ignore[arg-type]
+            ds,
+            "ImageOrientationPatient",
+            6,
+            name,
+            "SharedFunctionalGroupsSequence",
+            "PlaneOrientationSequence",
         ),
     )
 
@@ -657,7 +819,7 @@ def _check_complete(ds: Dataset, info: ImageInfo) -> None:
     """
     if "Rows" in ds and "Columns" in ds:
         return
-    sop = UID(info.sop_class_uid).name if info.sop_class_uid else "unknown"
+    sop = _uid(info.sop_class_uid).name if info.sop_class_uid else "unknown"
     if "Image Storage" in sop:
         raise NotDicomError(
             f"{info.path or '<memory>'}: header ends early: {sop} object without "
@@ -668,10 +830,11 @@ def _check_complete(ds: Dataset, info: ImageInfo) -> None:
 def _check_grey(ds: Dataset, info: ImageInfo) -> None:
     name = info.path or "<memory>"
     if "Rows" not in ds or "Columns" not in ds:
-        sop = UID(info.sop_class_uid).name if info.sop_class_uid else "unknown"
+        sop = _uid(info.sop_class_uid).name if info.sop_class_uid else "unknown"
         raise UnsupportedImageError(
             f"{name}: not an image: SOP Class {sop!r} has no pixel data ((0028,0010) Rows missing)"
         )
+    _check_transfer_syntax(info, name)
     if info.samples_per_pixel != 1 or info.photometric not in _GREY:
         raise UnsupportedImageError(
             f"{name}: colour image: (0028,0004) Photometric Interpretation "
@@ -688,11 +851,62 @@ def _check_grey(ds: Dataset, info: ImageInfo) -> None:
             f"{name}: (0028,0101) Bits Stored {info.bits_stored} does not fit (0028,0100) "
             f"Bits Allocated {info.bits_allocated}"
         )
+    if info.high_bit != info.bits_stored - 1:
+        note(
+            f"{name}: (0028,0102) High Bit {info.high_bit} is not (0028,0101) Bits Stored "
+            f"{info.bits_stored} - 1; the stored values are read from the low "
+            f"{info.bits_stored} bits, as the image pixel module requires"
+        )
     if info.rows < 1 or info.columns < 1:
         raise UnsupportedImageError(
             f"{name}: image size (0028,0010) Rows {info.rows} x (0028,0011) Columns "
             f"{info.columns} is empty"
         )
+
+
+def _check_transfer_syntax(info: ImageInfo, name: str) -> None:
+    """Refuse a transfer syntax that is not a UID, or one no installed decoder reads."""
+    ts = _uid(info.transfer_syntax)
+    if not ts.is_valid:
+        raise NotDicomError(
+            f"{name}: (0002,0010) Transfer Syntax UID {str(ts)[:70]!r} is not a UID "
+            "(digits and dots, at most 64 characters)"
+        )
+    try:
+        available = bool(get_decoder(ts).is_available)
+    except (NotImplementedError, ValueError):
+        available = False
+    if not available:
+        what = "" if ts.name == str(ts) else f" ({ts.name})"
+        raise UnsupportedImageError(
+            f"{name}: (0002,0010) Transfer Syntax UID {str(ts)!r}{what} is not one medeq can "
+            "read pixels of: it reads native (uncompressed) pixel data and the compressed "
+            "transfer syntaxes an installed decoder takes (JPEG, JPEG-LS, JPEG 2000, HTJ2K, "
+            "RLE Lossless)"
+        )
+
+
+#: The most bytes a compressed image may decode to (all frames, one sample a pixel at
+#: Bits Allocated): 4 GiB. Native pixel data must be in the file, so it is checked
+#: against its length instead; a compressed frame of a few bytes can claim any size, and
+#: the decoders allocate what it claims before decoding. 4 GiB holds the largest grey
+#: images in clinical use with room to spare (a 2000-slice enhanced CT of 512 x 512 is
+#: 1 GiB, breast tomosynthesis under 1 GiB), and is what a 32-bit Pixel Data length
+#: can hold natively. Raise it for larger images on a machine with the memory.
+MAX_DECODED_BYTES = 1 << 32
+
+
+def _decoded_bytes(info: ImageInfo) -> int:
+    """The bytes of all frames at Bits Allocated, as the header declares them."""
+    per_sample = max(1, (info.bits_allocated + 7) // 8)
+    return info.frames * info.rows * info.columns * info.samples_per_pixel * per_sample
+
+
+def _size_text(info: ImageInfo) -> str:
+    return (
+        f"(0028,0010) Rows {info.rows} x (0028,0011) Columns {info.columns} x (0028,0008) "
+        f"Number of Frames {info.frames} x (0028,0100) Bits Allocated {info.bits_allocated} / 8"
+    )
 
 
 # --------------------------------------------------------------------------- pixels
@@ -701,7 +915,7 @@ def _check_grey(ds: Dataset, info: ImageInfo) -> None:
 def _full_dataset(image: DicomImage) -> Dataset:
     src = image._source
     if isinstance(src, Dataset):
-        if "TransferSyntaxUID" in _file_meta(src):
+        if _declared_syntax(src) is not None:
             return src
         # Decoding needs a transfer syntax; give it one without touching the caller's Dataset.
         shallow = Dataset(src)
@@ -713,10 +927,13 @@ def _full_dataset(image: DicomImage) -> Dataset:
     return ds
 
 
-def _encoded_frames(ds: Dataset, frames: int) -> Iterator[bytes]:
+def _encoded_frames(ds: Dataset, data: bytes, frames: int) -> Iterator[bytes]:
+    """The encoded frames as pydicom's decoders split them (Extended Offset Table too)."""
     from pydicom.encaps import generate_frames
 
-    return generate_frames(ds.PixelData, number_of_frames=frames)
+    offsets, lengths = ds.get("ExtendedOffsetTable"), ds.get("ExtendedOffsetTableLengths")
+    extended = (offsets, lengths) if offsets and lengths else None
+    return generate_frames(data, number_of_frames=frames, extended_offsets=extended)
 
 
 def _native_little(info: ImageInfo) -> bool:
@@ -741,7 +958,7 @@ def _native_pixel_data(image: DicomImage) -> bytes | None:
     implicit = info.transfer_syntax == ImplicitVRLittleEndian
     expected = info.frames * info.rows * info.columns * (info.bits_allocated // 8)
     try:
-        with open(src, "rb") as fp:
+        with BoundedReader(src) as fp:
             if image._version is not None and _version_of(os.fstat(fp.fileno())) != image._version:
                 return None  # not the file whose header was read: the full parse reads it
             walker = Skipper(fp, implicit=implicit, little=True)
@@ -764,21 +981,17 @@ def _native_pixel_data(image: DicomImage) -> bytes | None:
             fp.seek(start + (8 if vr is None else 12))
             data = fp.read(length)
             return data if len(data) == length else None
-    except (OSError, ValueError, struct.error):
+    except (OSError, ValueError, struct.error, RecursionError):
+        # RecursionError: sequences nested deeper than Python recurses, which the full
+        # parse refuses with its own message.
         return None
 
 
-def _native_values(data: bytes, info: ImageInfo, name: str) -> NDArray[Any] | None:
-    """Stored values of native pixel data (they need no decoder: they are the bytes).
-
-    None when the data are too short for the image, which only a decoder can report.
-    """
+def _native_values(data: bytes, info: ImageInfo, name: str) -> NDArray[Any]:
+    """Stored values of native pixel data (they need no decoder: they are the bytes)."""
     _check_native_length(len(data), info, name)
     shape = (info.frames, info.rows, info.columns)
-    pixels = int(np.prod(shape))
-    if len(data) * 8 < pixels * info.bits_allocated:
-        return None
-    arr = np.frombuffer(data, np.dtype(f"<u{info.bits_allocated // 8}"), pixels)
+    arr = np.frombuffer(data, np.dtype(f"<u{info.bits_allocated // 8}"), int(np.prod(shape)))
     return _stored_values(arr.reshape(shape), info)
 
 
@@ -794,9 +1007,9 @@ def decode_in_place(image: DicomImage) -> bool:
     if image._version is None:
         return False  # not read from a file by its path
     data = _native_pixel_data(image)  # checks the version of the file it opens
-    values = None if data is None else _native_values(data, image.info, image.name)
-    if values is None:
+    if data is None:
         return False
+    values = _native_values(data, image.info, image.name)
     values.flags.writeable = False
     image._stored = values
     return True
@@ -805,51 +1018,24 @@ def decode_in_place(image: DicomImage) -> bool:
 def _decode(image: DicomImage) -> NDArray[Any]:
     info, name = image.info, image.name
     data = _native_pixel_data(image)
-    ds = None if data is not None else _full_dataset(image)
-    if ds is not None and "PixelData" in ds and _native_little(info):
-        element = ds["PixelData"]
-        if not element.is_undefined_length and isinstance(element.value, bytes):
-            data = element.value
     if data is not None:
-        values = _native_values(data, info, name)
-        if values is not None:
-            return values
-    if ds is None:  # native data too short: the decoder's message says so
-        ds = _full_dataset(image)
-    if "PixelData" not in ds:
-        other = [kw for kw in ("FloatPixelData", "DoubleFloatPixelData") if kw in ds]
-        if other:
-            raise UnsupportedImageError(
-                f"{name}: {other[0]} (float pixel data) is not supported; medeq reads "
-                "integer (7FE0,0010) Pixel Data"
-            )
-        raise CorruptPixelDataError(
-            f"{name}: no (7FE0,0010) Pixel Data (the file ends before it, or it was dropped "
-            "because the encapsulated data is truncated)"
-        )
-    ts = info.transfer_syntax
-    if not UID(ts).is_encapsulated:
-        _check_native_length(len(ds.PixelData), info, name)
-    if UID(ts).is_encapsulated:
-        try:
-            for index, frame in enumerate(_encoded_frames(ds, info.frames)):
-                problem = _codestream.codestream_problem(frame, ts)
-                if problem:
-                    raise CorruptPixelDataError(
-                        f"{name}: frame {index + 1} of (7FE0,0010) Pixel Data is corrupt: "
-                        f"{problem} ({info.transfer_syntax_name})"
-                    )
-        except CorruptPixelDataError:
-            raise
-        except Exception as exc:
-            raise CorruptPixelDataError(
-                f"{name}: (7FE0,0010) Pixel Data fragments cannot be split into "
-                f"{info.frames} frame(s): {exc}"
-            ) from exc
+        return _native_values(data, info, name)
+    ds = _full_dataset(image)
+    data = _pixel_data(ds, info, name)
+    if not _uid(info.transfer_syntax).is_encapsulated:
+        if _native_little(info) and not ds["PixelData"].is_undefined_length:
+            return _native_values(data, info, name)
+        _check_native_length(len(data), info, name)
+    else:
+        _check_frames(ds, data, info, name)
     with logged_warnings(name):
         try:
             arr = pixel_array(ds, raw=True)
-        except Exception as exc:  # decoder plugins raise many types on bad input
+        except (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError):
+            raise  # not the data's fault
+        except BaseException as exc:
+            # Decoder plugins raise many types on bad input; pylibjpeg-rle panics, and a
+            # Rust panic reaches Python as pyo3's PanicException, a BaseException.
             raise CorruptPixelDataError(
                 f"{name}: cannot decode (7FE0,0010) Pixel Data ({info.transfer_syntax_name}): "
                 f"{_decoder_failure(exc)}"
@@ -863,23 +1049,175 @@ def _decode(image: DicomImage) -> NDArray[Any]:
     return _stored_values(arr.reshape(expected), info)
 
 
-def _check_native_length(actual: int, info: ImageInfo, name: str) -> None:
-    """Refuse native pixel data longer than the pixel module says (plus the even-length pad).
+def _pixel_data(ds: Dataset, info: ImageInfo, name: str) -> bytes:
+    """The value of (7FE0,0010) *Pixel Data*: bytes, not empty."""
+    if "PixelData" not in ds:
+        other = [kw for kw in ("FloatPixelData", "DoubleFloatPixelData") if kw in ds]
+        if other:
+            raise UnsupportedImageError(
+                f"{name}: {other[0]} (float pixel data) is not supported; medeq reads "
+                "integer (7FE0,0010) Pixel Data"
+            )
+        raise CorruptPixelDataError(
+            f"{name}: no (7FE0,0010) Pixel Data (the file ends before it, or it was dropped "
+            "because the encapsulated data is truncated)"
+        )
+    try:
+        element = ds["PixelData"]
+        value = element.value
+    except Exception as exc:  # a damaged element pydicom cannot convert
+        raise CorruptPixelDataError(
+            f"{name}: (7FE0,0010) Pixel Data cannot be read: {_first_line(exc)}"
+        ) from exc
+    if not value:
+        raise CorruptPixelDataError(
+            f"{name}: (7FE0,0010) Pixel Data is empty (length 0); {_size_text(info)} = "
+            f"{_decoded_bytes(info)} bytes expected"
+        )
+    if not isinstance(value, bytes):
+        raise CorruptPixelDataError(
+            f"{name}: (7FE0,0010) Pixel Data has VR {element.VR} and a "
+            f"{type(value).__name__} value; OB or OW bytes expected"
+        )
+    return value
 
-    pydicom takes any excess for padding and only warns, so a wrong Rows or Columns would
-    decode as a sheared image; the data can only be trusted when the lengths agree.
-    Shorter data is left to the decoder, which refuses it.
+
+def _check_fits(info: ImageInfo, size: int | None) -> None:
+    """Refuse a header that declares more pixels than a file of ``size`` bytes can hold
+    (None: not known), or a compressed image larger than :data:`MAX_DECODED_BYTES`.
+
+    Checked when the header is read, before any pixel is: a Number of Frames of 2**31
+    in a small file would otherwise cost a loop or an allocation per frame first.
+    """
+    name = info.path or "<memory>"
+    ts = _uid(info.transfer_syntax)
+    # Each encapsulated frame takes at least its item's tag and length.
+    if ts.is_compressed and size is not None and info.frames * 8 > size:
+        raise CorruptPixelDataError(
+            f"{name}: (0028,0008) Number of Frames {info.frames} cannot be in a file of "
+            f"{size} bytes: each encapsulated frame takes 8 bytes or more"
+        )
+    if ts.is_compressed and _decoded_bytes(info) > MAX_DECODED_BYTES:
+        raise UnsupportedImageError(
+            f"{name}: {_size_text(info)} = {_decoded_bytes(info)} bytes decoded, more than "
+            f"the {MAX_DECODED_BYTES} bytes medeq decodes from compressed pixel data "
+            "(medeq.reader.MAX_DECODED_BYTES)"
+        )
+    if (
+        not ts.is_compressed
+        and not ts.is_deflated
+        and size is not None
+        and (_decoded_bytes(info) > size)
+    ):
+        raise CorruptPixelDataError(
+            f"{name}: (7FE0,0010) Pixel Data as the header declares it cannot be in the "
+            f"file: {_size_text(info)} = {_decoded_bytes(info)} bytes, more than the whole "
+            f"file holds ({size} bytes; truncated, or a wrong size in the header)"
+        )
+
+
+def _check_frames(ds: Dataset, data: bytes, info: ImageInfo, name: str) -> None:
+    """Check every encoded frame against the header before a decoder sees any.
+
+    The number of frames must be Number of Frames; each frame's own header (see
+    medeq._codestream) must give the header's Rows, Columns and Samples per Pixel, and
+    no more bits a sample than Bits Allocated; JPEG markers must be in order.
+    Decoders take the header's word for the output's size: some abort the process
+    when the codestream says otherwise.
+    """
+    ts = info.transfer_syntax
+    found = 0
+    try:
+        for found, frame in enumerate(_encoded_frames(ds, data, info.frames), start=1):
+            if found > info.frames:
+                continue  # counted only: the message says how many there are
+            problem = _codestream.codestream_problem(frame, ts)
+            if problem:
+                raise CorruptPixelDataError(
+                    f"{name}: frame {found} of (7FE0,0010) Pixel Data is corrupt: "
+                    f"{problem} ({info.transfer_syntax_name})"
+                )
+            disagreement = _frame_disagreement(frame, info)
+            if disagreement:
+                raise CorruptPixelDataError(
+                    f"{name}: frame {found} of (7FE0,0010) Pixel Data {disagreement} "
+                    f"({info.transfer_syntax_name})"
+                )
+    except CorruptPixelDataError:
+        raise
+    except Exception as exc:
+        raise CorruptPixelDataError(
+            f"{name}: (7FE0,0010) Pixel Data fragments cannot be split into "
+            f"{info.frames} frame(s): {_first_line(exc)}"
+        ) from exc
+    if found != info.frames:
+        raise CorruptPixelDataError(
+            f"{name}: (7FE0,0010) Pixel Data holds {found} encoded frame(s), but "
+            f"(0028,0008) Number of Frames is {info.frames}"
+        )
+
+
+def _frame_disagreement(frame: bytes, info: ImageInfo) -> str | None:
+    """How one encoded frame's own header disagrees with the DICOM header, if it does."""
+    rows, columns, samples = info.rows, info.columns, info.samples_per_pixel
+    if info.transfer_syntax == _codestream.RLE:
+        segments = _codestream.rle_segments(frame)
+        if isinstance(segments, str):
+            return f"is corrupt: {segments}"
+        wanted = samples * (info.bits_allocated // 8)
+        if len(segments) != wanted:
+            return (
+                f"does not match the header: its RLE header gives {len(segments)} segments; "
+                f"(0028,0002) Samples per Pixel {samples} x (0028,0100) Bits Allocated "
+                f"{info.bits_allocated} / 8 = {wanted}"
+            )
+        most = min(segments) * _codestream.RLE_MOST_BYTES_PER_BYTE
+        if most < rows * columns:
+            return (
+                f"does not match the header: an RLE segment of {min(segments)} bytes "
+                f"decodes to {most} bytes at most, fewer than (0028,0010) Rows {rows} x "
+                f"(0028,0011) Columns {columns} = {rows * columns}"
+            )
+        return None
+    header = _codestream.frame_header(frame, info.transfer_syntax)
+    if header is None:
+        return None
+    if isinstance(header, str):
+        return f"is corrupt: {header}"
+    if (header.rows, header.columns, header.components) == (rows, columns, samples) and (
+        header.precision <= info.bits_allocated
+    ):
+        return None
+    return (
+        f"does not match the header: its codestream holds {header.rows} rows x "
+        f"{header.columns} columns, {header.components} component(s) of "
+        f"{header.precision} bits; the header gives (0028,0010) Rows {rows}, (0028,0011) "
+        f"Columns {columns}, (0028,0002) Samples per Pixel {samples}, (0028,0100) Bits "
+        f"Allocated {info.bits_allocated}"
+    )
+
+
+def _check_native_length(actual: int, info: ImageInfo, name: str) -> None:
+    """Refuse native pixel data shorter or longer than the pixel module says.
+
+    Only the pad byte to even length may follow. pydicom takes any excess for padding
+    and only warns, so a wrong Rows or Columns would decode as a sheared image; the
+    data can only be trusted when the lengths agree.
     """
     expected = (info.frames * info.rows * info.columns * info.bits_allocated + 7) // 8
     allowed = expected + expected % 2
-    if actual > allowed:
-        padded = f", {allowed} with the padding byte to even length" if allowed != expected else ""
+    if expected <= actual <= allowed:
+        return
+    padded = f", {allowed} with the padding byte to even length" if allowed != expected else ""
+    if actual < expected:
         raise CorruptPixelDataError(
-            f"{name}: (7FE0,0010) Pixel Data is longer than the header says: (0028,0010) Rows "
-            f"{info.rows} x (0028,0011) Columns {info.columns} x (0028,0008) Number of Frames "
-            f"{info.frames} x (0028,0100) Bits Allocated {info.bits_allocated} / 8 = "
-            f"{expected} bytes expected{padded}, but it holds {actual} bytes"
+            f"{name}: (7FE0,0010) Pixel Data is shorter than the header says (truncated?): "
+            f"{_size_text(info)} = {expected} bytes expected, but it holds {actual} bytes"
         )
+    raise CorruptPixelDataError(
+        f"{name}: (7FE0,0010) Pixel Data is longer than the header says: {_size_text(info)} "
+        f"= {expected} bytes expected{padded}, but it holds {actual} bytes"
+    )
 
 
 #: How pydicom starts the message when every installed decoder plugin failed; each
@@ -906,6 +1244,8 @@ def _decoder_failure(exc: BaseException) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not isinstance(exc, Exception):  # a Rust panic (pyo3's PanicException) or the like
+        lines[0] = f"the decoder failed ({type(exc).__name__}): {lines[0]}"
     return " ".join(lines[:3])
 
 
