@@ -737,6 +737,70 @@ def test_a_panicking_rle_decoder_gives_corrupt_pixel_data(tmp_path: Path) -> Non
         _ = medeq.read(path).stored
 
 
+class _Panic(BaseException):
+    """What a Rust decoder's panic looks like from Python (pyo3's PanicException)."""
+
+
+@pytest.mark.parametrize(
+    ("raised", "caught"),
+    [
+        (_Panic("index out of bounds"), r"the decoder failed \(_Panic\): index out of bounds"),
+        (MemoryError(), r"MemoryError"),
+        (RuntimeError("bad\nstream"), r"bad stream$"),
+    ],
+)
+def test_any_decoder_failure_becomes_corrupt_pixel_data(
+    monkeypatch: pytest.MonkeyPatch, raised: BaseException, caught: str
+) -> None:
+    def decoder(*args: object, **kwargs: object) -> None:
+        raise raised
+
+    monkeypatch.setattr("medeq.reader.pixel_array", decoder)
+    with pytest.raises(CorruptPixelDataError, match=r"cannot decode \(7FE0,0010\) .*" + caught):
+        _ = medeq.read(get_testdata_file("MR_small_RLE.dcm")).stored
+
+
+def test_a_decoder_interrupted_by_the_user_is_not_corrupt(monkeypatch: pytest.MonkeyPatch) -> None:
+    def decoder(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("medeq.reader.pixel_array", decoder)
+    with pytest.raises(KeyboardInterrupt):
+        _ = medeq.read(get_testdata_file("MR_small_RLE.dcm")).stored
+
+
+def test_a_deflate_bomb_is_refused_before_pydicom_inflates_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medeq import reader
+
+    # 16 MB of zeros deflate to some 16 KB; pydicom would inflate it whole, even to
+    # read the header. The inflated size is counted first, a MiB at a time.
+    ds = _dataset("image_dfl.dcm")
+    ds.Rows = ds.Columns = 4000
+    ds.PixelData = bytes(4000 * 4000)
+    path = tmp_path / "bomb.dcm"
+    ds.save_as(path)
+    assert path.stat().st_size < 100_000
+    monkeypatch.setattr(reader, "MAX_DECODED_BYTES", 8 * 2**20)
+    tracemalloc.start()
+    try:
+        for read in (medeq.read_info, medeq.read, lambda p: medeq.read(io.BytesIO(p.read_bytes()))):
+            with pytest.raises(
+                UnsupportedImageError,
+                match=r": the deflated data set \(\(0002,0010\) Transfer Syntax UID "
+                r"1\.2\.840\.10008\.1\.2\.1\.99\) inflates to more than 8388608 bytes",
+            ):
+                read(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 6 * 2**20
+    # Below the limit it reads as before.
+    monkeypatch.setattr(reader, "MAX_DECODED_BYTES", 1 << 32)
+    assert medeq.read(path).stored.shape == (1, 4000, 4000)
+
+
 def _never_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("a decoder was called")

@@ -19,6 +19,7 @@ __all__ = [
     "LONG_VRS",
     "PIXEL_DATA",
     "PIXEL_TAGS",
+    "TRANSFER_SYNTAX",
     "UNDEFINED",
     "BoundedReader",
     "Place",
@@ -29,6 +30,7 @@ __all__ = [
 ]
 
 PIXEL_DATA = 0x7FE00010
+TRANSFER_SYNTAX = 0x00020010
 UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 #: Where a header read with ``stop_before_pixels`` stops.
@@ -130,18 +132,26 @@ class Skipper:
             self.skip(vr, length)
 
 
-def skip_file_meta(fp: BinaryIO) -> None:
-    """Leave ``fp`` at the start of the data set: past the preamble and group 0002."""
+def skip_file_meta(fp: BinaryIO) -> bytes | None:
+    """Leave ``fp`` at the start of the data set: past the preamble and group 0002.
+
+    Returns the bytes of (0002,0010) *Transfer Syntax UID* on the way (None if absent).
+    """
     if fp.read(132)[128:] != b"DICM":
         fp.seek(0)
     meta = Skipper(fp, implicit=False, little=True)
+    syntax = None
     while True:
         start = fp.tell()
         element = meta.header()
         if element is None or element[0] >> 16 != 0x0002:
             fp.seek(start)
-            return
-        meta.skip(element[1], element[2])
+            return syntax
+        tag, vr, length = element
+        if tag == TRANSFER_SYNTAX and vr is not None and length < 256:
+            syntax = fp.read(length)
+            continue
+        meta.skip(vr, length)
 
 
 #: Where a file's element sits: (tag, offset of the element, offset past its value).

@@ -18,10 +18,11 @@ import logging
 import os
 import struct
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 import numpy as np
 import pydicom
@@ -42,6 +43,7 @@ from ._filewalk import (
     Skipper,
     last_place,
     resume,
+    skip_file_meta,
 )
 from ._header import file_text, finite_number, header_value, read_header, tag_name, whole_number
 from ._notes import note
@@ -445,6 +447,8 @@ def _parse(opener: Any, name: str, *, stop_before_pixels: bool) -> tuple[Dataset
             except InvalidDicomError:
                 ds = _dcmread(opener, stop_before_pixels, force=True)
                 forced = True
+        except _Inflation as exc:
+            raise UnsupportedImageError(f"{name}: {exc}") from None
         except Exception as exc:  # pydicom raises many types on malformed input
             raise NotDicomError(f"{name}: not a readable DICOM file: {_first_line(exc)}") from exc
     if forced and not _looks_like_dicom(ds):
@@ -467,9 +471,48 @@ def _dcmread(opener: Path | io.BytesIO, stop_before_pixels: bool, *, force: bool
     """pydicom's reader on a file (through :class:`BoundedReader`) or in-memory bytes."""
     if isinstance(opener, Path):
         with BoundedReader(opener) as fp:
+            _check_inflation(fp)
             return pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels, force=force)
     opener.seek(0)
+    _check_inflation(opener)
     return pydicom.dcmread(opener, stop_before_pixels=stop_before_pixels, force=force)
+
+
+class _Inflation(Exception):
+    """A deflated data set that inflates to more than :data:`MAX_DECODED_BYTES`."""
+
+
+def _check_inflation(fp: BinaryIO) -> None:
+    """Refuse a deflated data set that inflates to more than :data:`MAX_DECODED_BYTES`.
+
+    pydicom inflates a Deflated Explicit VR Little Endian data set whole, pixels
+    included, even to read its header: 100 KB of zeros deflated make 100 MB, and
+    deflate goes to 1:1032. The inflated size is counted here 1 MiB at a time, and
+    ``fp`` is left at its start.
+    """
+    try:
+        syntax = skip_file_meta(fp)
+        if syntax is None or syntax.rstrip(b"\0 ") != _DEFLATED:
+            return
+        inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        while not inflater.eof:
+            chunk = inflater.unconsumed_tail or fp.read(1 << 20)
+            if not chunk:
+                break
+            total += len(inflater.decompress(chunk, 1 << 20))
+            if total > MAX_DECODED_BYTES:
+                raise _Inflation(
+                    "the deflated data set ((0002,0010) Transfer Syntax UID "
+                    f"{_DEFLATED.decode()}) inflates to more than {MAX_DECODED_BYTES} bytes "
+                    "(medeq.reader.MAX_DECODED_BYTES)"
+                )
+    except (OSError, ValueError, struct.error, zlib.error):
+        pass  # damage pydicom's reader reports in its own words
+    finally:
+        fp.seek(0)
+
+
+_DEFLATED = b"1.2.840.10008.1.2.1.99"
 
 
 #: Groups a data set without a preamble can start with (little or big endian).
@@ -1031,11 +1074,13 @@ def _decode(image: DicomImage) -> NDArray[Any]:
     with logged_warnings(name):
         try:
             arr = pixel_array(ds, raw=True)
-        except (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError):
-            raise  # not the data's fault
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
         except BaseException as exc:
             # Decoder plugins raise many types on bad input; pylibjpeg-rle panics, and a
-            # Rust panic reaches Python as pyo3's PanicException, a BaseException.
+            # Rust panic reaches Python as pyo3's PanicException, a BaseException. The
+            # checks before allow no output past MAX_DECODED_BYTES, so a MemoryError
+            # here is a codestream that asks its decoder for more: the data's fault too.
             raise CorruptPixelDataError(
                 f"{name}: cannot decode (7FE0,0010) Pixel Data ({info.transfer_syntax_name}): "
                 f"{_decoder_failure(exc)}"
