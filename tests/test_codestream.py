@@ -179,7 +179,8 @@ def test_j2k_size_with_image_offset_and_subsampling() -> None:
     siz = struct.pack(">HHIIIIIIIIH", 41, 0, 10, 10, 10, 0, 10, 10, 0, 0, 1)
     empty = b"\xff\x4f\xff\x51" + siz + bytes([7, 1, 1])
     assert frame_header(empty, ts) == (
-        "the codestream's SIZ gives an empty image: 10 x 10 from offset 10, 0 with subsampling 1 x 1"
+        "the codestream's SIZ gives an empty image: 10 x 10 from offset 10, 0 "
+        "with subsampling 1 x 1"
     )
 
 
@@ -285,3 +286,15 @@ def test_seed_files_are_where_expected() -> None:
         parsed = rle_segments(frame) if ts == _codestream.RLE else frame_header(frame, ts)
         assert not isinstance(parsed, str), (name, parsed)
     assert Path(get_testdata_file("JPEG2000.dcm")).is_file()
+
+
+@pytest.mark.parametrize(("dtype", "shape"), [("uint16", (37, 53)), ("uint8", (64, 9))])
+def test_htj2k_codestreams_have_the_j2k_frame_header(dtype: str, shape: tuple[int, int]) -> None:
+    imagecodecs = pytest.importorskip("imagecodecs")
+    import numpy as np
+
+    pixels = np.arange(shape[0] * shape[1], dtype=dtype).reshape(shape)
+    codestream = bytes(imagecodecs.htj2k_encode(pixels, level=0))
+    bits = 8 * np.dtype(dtype).itemsize
+    for ts in ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.203"):
+        assert frame_header(codestream, ts) == FrameHeader(*shape, 1, bits, False)
