@@ -105,8 +105,6 @@ BAD = ("crash", "hang", "abort", "oom")
 KINDS = ("ok", "clean", *BAD, "harness")
 #: Time a child may spend building its mutant before the parent calls it a harness hang.
 MUTATE_SECONDS = 30.0
-#: Stages of the library pipeline, as the child reports them.
-STAGES = ("read", "stored", "enhance", "write")
 
 # --------------------------------------------------------------------------- corpus
 
@@ -986,7 +984,9 @@ def innermost_frame(tb: Any) -> str:
     if not frames:
         return "?"
     root = _medeq_root()
-    ours = [f for f in frames if root is not None and Path(f.filename).is_relative_to(root)]
+    ours = [
+        f for f in frames if root is not None and Path(f.filename).resolve().is_relative_to(root)
+    ]
     frame = (ours or frames)[-1]
     return f"{_short_path(frame.filename)}:{frame.lineno} in {frame.name}"
 
@@ -1187,7 +1187,10 @@ class Runner:
         *lines, rest = bytes(child.buffer).split(b"\n")
         child.buffer = bytearray(rest)
         for line in lines:
-            kind, payload = json.loads(line)
+            try:
+                kind, payload = json.loads(line)
+            except ValueError:  # not ours: the classification goes by the rest
+                continue
             child.messages.append((kind, payload))
             if kind == "mutant":
                 # The time limit runs from here: building a mutant is not medeq's time.
@@ -1554,31 +1557,38 @@ def check_source(path: Path, out: Path, stage: Callable[[str], None]) -> dict[st
     return {**uids, "healthy": True}
 
 
+#: Healthy files for the convert mode are drawn from files up to this size (quick to convert).
+HEALTHY_MAX = 600_000
+
+
 def pick_healthy(
     corpus: Sequence[SeedFile], sources: set[str], limits: Limits, workdir: Path, rng: random.Random
 ) -> list[SeedFile]:
     """Three corpus files the library converts, in series (and instances) of their own:
     sharing a series with a mutant would let the mutant's failure reach them."""
-    by_name = {s.name: s for s in corpus}
-    others = sorted(
-        (s for s in corpus if s.name not in sources), key=lambda s: s.path.stat().st_size
-    )
-    checked = [by_name[n] for n in sorted(sources) if n in by_name] + others[:24]
-    tasks = [Task(-(i + 1), path=s.path, name=s.name) for i, s in enumerate(checked)]
-    runner = Runner(checked, limits, workdir, target=check_source)
-    facts = {o.recipe: o.info for o in runner.run(tasks) if o.kind == "ok"}
+    facts = _facts([s for s in corpus if s.name in sources], limits, workdir)
     taken = {uid for name in sources for uid in _uids(facts.get(name, {}))}
-    eligible = [s for s in others[:24] if facts.get(s.name, {}).get("healthy")]
-    rng.shuffle(eligible)
+    others = [s for s in corpus if s.name not in sources and s.path.stat().st_size <= HEALTHY_MAX]
+    rng.shuffle(others)
     chosen: list[SeedFile] = []
-    for s in eligible:
-        uids = _uids(facts[s.name])
-        if not uids & taken:
-            chosen.append(s)
-            taken |= uids
+    for at in range(0, len(others), 12):  # checked a few at a time, until three are found
+        chunk = others[at : at + 12]
+        facts.update(_facts(chunk, limits, workdir))
+        for s in chunk:
+            uids = _uids(facts.get(s.name, {}))
+            if facts.get(s.name, {}).get("healthy") and not uids & taken and len(chosen) < 3:
+                chosen.append(s)
+                taken |= uids
         if len(chosen) == 3:
             break
     return chosen
+
+
+def _facts(files: Sequence[SeedFile], limits: Limits, workdir: Path) -> dict[str, dict[str, Any]]:
+    """:func:`check_source` of each file, run in children: {name: facts} of those it ran on."""
+    tasks = [Task(-(i + 1), path=s.path, name=s.name) for i, s in enumerate(files)]
+    runner = Runner(files, limits, workdir, target=check_source)
+    return {o.recipe: o.info for o in runner.run(tasks) if o.kind == "ok"}
 
 
 def _uids(fact: dict[str, Any]) -> set[str]:
