@@ -1811,7 +1811,7 @@ def atheris_mode(
     if not have_atheris():
         print(
             "fuzz: --atheris needs atheris, which is not installed here "
-            "(pip install atheris; wheels exist for CPython 3.11 on Linux x86-64)",
+            "(pip install atheris: wheels for CPython 3.10 to 3.13 on Linux x86-64)",
             file=sys.stderr,
         )
         return 2
