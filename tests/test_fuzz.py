@@ -182,6 +182,13 @@ def _exit(path: Path, out: Path, stage: Any) -> None:
     os._exit(7)
 
 
+def _leave_a_process(path: Path, out: Path, stage: Any) -> None:
+    if os.fork() == 0:  # keeps the pipe to the parent open
+        (out.parent.parent / "grandchild.pid").write_text(str(os.getpid()))
+        time.sleep(60)
+        os._exit(0)
+
+
 def _vm_size() -> int:
     with open("/proc/self/status") as f:
         line = next(x for x in f if x.startswith("VmSize:"))
@@ -222,6 +229,30 @@ def test_children_are_classified(
     if kind == "ok":
         assert outcome.info == {"size": file.stat().st_size}
     assert list(tmp_path.iterdir()) == []  # the child's folder is gone
+
+
+def test_a_process_the_child_leaves_behind_neither_blocks_nor_outlives_it(tmp_path: Path) -> None:
+    runner = fuzz.Runner(
+        [], fuzz.Limits(timeout=20.0, memory=0, jobs=1), tmp_path, _leave_a_process
+    )
+    started = time.monotonic()
+    task = fuzz.Task(-1, path=_bundled("CT_small.dcm"), name="x")
+    (outcome,) = list(runner.run([task]))
+    assert outcome.kind == "ok" and time.monotonic() - started < 10
+    pid = int((tmp_path / "grandchild.pid").read_text())
+    deadline = time.monotonic() + 5
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(pid)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (who reaps an orphan is up to the system)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_children_run_in_parallel_and_all_come_back(tmp_path: Path, corpus: list[Any]) -> None:

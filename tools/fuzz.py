@@ -1153,13 +1153,11 @@ class Runner:
                 now = time.monotonic()
                 for child in running.values():
                     if not child.killed and now > child.deadline:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(child.pid, signal.SIGKILL)
+                        _kill(child.pid)
                         child.killed = True
         finally:
             for child in running.values():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child.pid, signal.SIGKILL)
+                _kill(child.pid)
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(child.pid, 0)
                 os.close(child.fd)
@@ -1178,6 +1176,10 @@ class Runner:
         if pid == 0:  # the child: never returns
             os.close(rfd)
             self._child(task, workdir, wfd)
+        # A process group of its own (set on both sides of the fork, whichever runs first):
+        # whatever the child may start is killed with it.
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)
         os.close(wfd)
         now = time.monotonic()
         return _Running(task, pid, rfd, workdir, now, now + MUTATE_SECONDS)
@@ -1195,6 +1197,9 @@ class Runner:
             if kind == "mutant":
                 # The time limit runs from here: building a mutant is not medeq's time.
                 child.deadline = time.monotonic() + self.limits.timeout + 2.0
+            elif kind in ("result", "harness"):
+                # Done: if something it started keeps the pipe open, it goes soon.
+                child.deadline = min(child.deadline, time.monotonic() + 2.0)
 
     # -- in the child
 
@@ -1206,6 +1211,8 @@ class Runner:
 
         status = 0
         try:
+            with contextlib.suppress(OSError):
+                os.setpgid(0, 0)
             log = _limit_this_process(workdir / "log.txt", self.limits)
             path, recipe = self._subject(task, workdir)
             send("mutant", {"recipe": recipe, "path": str(path)})
@@ -1238,6 +1245,7 @@ class Runner:
     def _finish(self, child: _Running) -> Outcome:
         os.close(child.fd)
         _, status = os.waitpid(child.pid, 0)
+        _kill(child.pid, reaped=True)  # anything the child left running
         elapsed = time.monotonic() - child.started
         outcome = classify(child.task, child.messages, status, child.killed, child.workdir)
         outcome.seconds = round(elapsed, 3)
@@ -1249,6 +1257,14 @@ class Runner:
                 outcome.mutant = keep
         shutil.rmtree(child.workdir, ignore_errors=True)
         return outcome
+
+
+def _kill(pid: int, *, reaped: bool = False) -> None:
+    """Kill a child's process group, and the child unless it was reaped (its pid may then
+    be another process's)."""
+    for kill in (os.killpg,) if reaped else (os.killpg, os.kill):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            kill(pid, signal.SIGKILL)
 
 
 def _limit_this_process(log_path: Path, limits: Limits) -> io.TextIOWrapper:
