@@ -62,9 +62,15 @@ class BoundedReader(io.BufferedReader):
 
     def read(self, size: int | None = -1) -> bytes:
         """Up to ``size`` bytes (all that is left for None or a negative size)."""
-        if size is not None and size > 0:
+        # Only large requests are cut: asking where the file is costs a system call,
+        # and a small request allocates little whatever is left.
+        if size is not None and size > _SMALL_READ:
             size = min(size, max(self._size - self.tell(), 0))
         return super().read(size)
+
+
+#: Reads up to this size go to the file as asked (see :meth:`BoundedReader.read`).
+_SMALL_READ = 1 << 20
 
 
 class Skipper:

@@ -356,6 +356,8 @@ def whole_number(value: Any) -> int | None:
     one of these (IS and DS values pydicom could not convert come back as text). Lists
     of one value are that value; anything else (several values, NaN, "abc") is None.
     """
+    if type(value) is int:  # the usual case, as header_value decodes US and IS
+        return value
     if isinstance(value, (list, tuple, MultiValue)):
         if len(value) != 1:
             return None
@@ -372,6 +374,8 @@ def whole_number(value: Any) -> int | None:
 
 def finite_number(value: Any) -> float | None:
     """``value`` as a finite float (from a number or its text), else None."""
+    if type(value) is float:  # the usual case, as header_value decodes DS
+        return value if math.isfinite(value) else None
     if isinstance(value, (list, tuple, MultiValue)):
         if len(value) != 1:
             return None

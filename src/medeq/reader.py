@@ -8,13 +8,22 @@ Stored values come back as ``(frames, rows, columns)`` in native byte order, wit
 above (0028,0101) *Bits Stored* masked off and signed values sign-extended, whatever the
 decoder did. Each failure raises a :class:`~medeq.errors.DicomError` subclass whose message
 names the file, the tag or cause, and what would be accepted.
+
+Files are taken as hostile: every value the reader uses is converted and range-checked
+before use (a bad optional one is dropped with a note, a bad required one refused);
+the declared image must fit in the file (native) or under :data:`MAX_DECODED_BYTES`
+(compressed); every encoded frame's own header must agree with the DICOM header before
+any decoder sees it (some decoders abort the process otherwise); and no read asks for
+more bytes than the file holds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
+import math
 import os
 import struct
 import warnings
@@ -277,10 +286,14 @@ def read(source: Source) -> DicomImage:
     Raises
     ------
     NotDicomError
-        Missing, empty, not DICOM, or a header that ends early.
+        Missing, empty, not DICOM, a header that ends early, a value the reader needs
+        that is no number, or a transfer syntax that is no UID.
     UnsupportedImageError
-        Not an image (SR, RTSTRUCT, ...), a colour image (RGB, YBR, PALETTE COLOR), or a
-        pixel module medeq cannot use.
+        Not an image (SR, RTSTRUCT, ...), a colour image (RGB, YBR, PALETTE COLOR), a
+        pixel module medeq cannot use, a transfer syntax without a decoder, or a
+        compressed image larger than :data:`MAX_DECODED_BYTES`.
+    CorruptPixelDataError
+        The header declares more pixel data than the file holds.
     """
     return _image(*_read_header(source))
 
@@ -300,7 +313,11 @@ def read_info(source: Source) -> ImageInfo:
     Raises
     ------
     NotDicomError
-        Missing, empty, not DICOM, or a header that ends early (as :func:`read`).
+        Missing, empty, not DICOM, a header that ends early, or a value it needs that is
+        no number (as :func:`read`).
+    UnsupportedImageError
+        A value out of its range (Number of Frames 0, Pixel Representation 2, ...), or a
+        deflated data set that inflates past :data:`MAX_DECODED_BYTES`.
     """
     header, _, path, inferred, _ = _read_header(source)
     info = _info(header, path, inferred)
@@ -681,7 +698,7 @@ def _windows(ds: Dataset, name: str) -> tuple[Window, ...]:
             later = " (the windows after it move up one place)" if i + 1 < len(centers) else ""
             note(
                 f"{name}: window {i + 1} of {min(len(centers), len(widths))}, (0028,1050) "
-                f"Window Center {str(c)[:40]!r} / (0028,1051) Window Width {str(w)[:40]!r}, "
+                f"Window Center {_shown(c)} / (0028,1051) Window Width {_shown(w)}, "
                 f"is ignored: both must be finite numbers within ±2**53{later}"
             )
             continue
@@ -710,6 +727,11 @@ def _value(ds: Dataset, keyword: str) -> Any:
 
 #: What :func:`_value` gives for an element pydicom cannot decode.
 _UNDECODABLE = object()
+
+
+def _shown(value: Any) -> str:
+    """One value of an element, quoted, for a message."""
+    return "(undecodable)" if value is _UNDECODABLE else repr(str(value)[:40])
 
 
 def _whole(ds: Dataset, keyword: str, name: str, default: int, low: int, high: int) -> int:
@@ -769,9 +791,7 @@ def _geometry(
         values = [None]
     numbers = [finite_number(v) for v in values]
     good = [n for n in numbers if n is not None and abs(n) <= LARGEST_VALUE]
-    unit = count != 6 or all(
-        0.99 <= float(np.hypot.reduce(good[k : k + 3])) <= 1.01 for k in (0, 3)
-    )
+    unit = count != 6 or all(0.99 <= math.hypot(*good[k : k + 3]) <= 1.01 for k in (0, 3))
     if len(good) == count == len(numbers) and unit:
         return tuple(good)
     what = "two unit vectors" if count == 6 and len(good) == 6 else f"{count} finite numbers"
@@ -909,24 +929,40 @@ def _check_grey(ds: Dataset, info: ImageInfo) -> None:
 
 def _check_transfer_syntax(info: ImageInfo, name: str) -> None:
     """Refuse a transfer syntax that is not a UID, or one no installed decoder reads."""
-    ts = _uid(info.transfer_syntax)
+    problem = _syntax_problem(info.transfer_syntax)
+    if problem is not None:
+        error, text = problem
+        raise error(f"{name}: (0002,0010) Transfer Syntax UID {text}")
+
+
+@functools.lru_cache(maxsize=64)
+def _syntax_problem(syntax: str) -> tuple[type[DicomError], str] | None:
+    """What is wrong with a transfer syntax for reading pixels (error class and text)."""
+    ts = _uid(syntax)
     if not ts.is_valid:
-        raise NotDicomError(
-            f"{name}: (0002,0010) Transfer Syntax UID {str(ts)[:70]!r} is not a UID "
-            "(digits and dots, at most 64 characters)"
+        return (
+            NotDicomError,
+            f"{syntax[:70]!r} is not a UID (digits and dots, at most 64 characters)",
         )
     try:
         available = bool(get_decoder(ts).is_available)
     except (NotImplementedError, ValueError):
         available = False
-    if not available:
-        what = "" if ts.name == str(ts) else f" ({ts.name})"
-        raise UnsupportedImageError(
-            f"{name}: (0002,0010) Transfer Syntax UID {str(ts)!r}{what} is not one medeq can "
-            "read pixels of: it reads native (uncompressed) pixel data and the compressed "
-            "transfer syntaxes an installed decoder takes (JPEG, JPEG-LS, JPEG 2000, HTJ2K, "
-            "RLE Lossless)"
-        )
+    if available:
+        return None
+    what = "" if ts.name == syntax else f" ({ts.name})"
+    return UnsupportedImageError, (
+        f"{syntax!r}{what} is not one medeq can read pixels of: it reads native "
+        "(uncompressed) pixel data and the compressed transfer syntaxes an installed "
+        "decoder takes (JPEG, JPEG-LS, JPEG 2000, HTJ2K, RLE Lossless)"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _compressed(syntax: str) -> tuple[bool, bool]:
+    """(compressed, deflated) for a transfer syntax :func:`_check_transfer_syntax` passed."""
+    ts = _uid(syntax)
+    return bool(ts.is_compressed), bool(ts.is_deflated)
 
 
 #: The most bytes a compressed image may decode to (all frames, one sample a pixel at
@@ -1135,25 +1171,20 @@ def _check_fits(info: ImageInfo, size: int | None) -> None:
     in a small file would otherwise cost a loop or an allocation per frame first.
     """
     name = info.path or "<memory>"
-    ts = _uid(info.transfer_syntax)
+    compressed, deflated = _compressed(info.transfer_syntax)
     # Each encapsulated frame takes at least its item's tag and length.
-    if ts.is_compressed and size is not None and info.frames * 8 > size:
+    if compressed and size is not None and info.frames * 8 > size:
         raise CorruptPixelDataError(
             f"{name}: (0028,0008) Number of Frames {info.frames} cannot be in a file of "
             f"{size} bytes: each encapsulated frame takes 8 bytes or more"
         )
-    if ts.is_compressed and _decoded_bytes(info) > MAX_DECODED_BYTES:
+    if compressed and _decoded_bytes(info) > MAX_DECODED_BYTES:
         raise UnsupportedImageError(
             f"{name}: {_size_text(info)} = {_decoded_bytes(info)} bytes decoded, more than "
             f"the {MAX_DECODED_BYTES} bytes medeq decodes from compressed pixel data "
             "(medeq.reader.MAX_DECODED_BYTES)"
         )
-    if (
-        not ts.is_compressed
-        and not ts.is_deflated
-        and size is not None
-        and (_decoded_bytes(info) > size)
-    ):
+    if not compressed and not deflated and size is not None and _decoded_bytes(info) > size:
         raise CorruptPixelDataError(
             f"{name}: (7FE0,0010) Pixel Data as the header declares it cannot be in the "
             f"file: {_size_text(info)} = {_decoded_bytes(info)} bytes, more than the whole "
