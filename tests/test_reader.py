@@ -901,6 +901,11 @@ DECODER_CASES = [
     ("wg04__CT1_JPLL.dcm", {"Rows": 46341}),
     ("wg04__CT1_J2KR.dcm", {"Columns": 1024}),
     ("JPGExtended.dcm", {"Rows": 2048}),
+    # JPEG under Bits Allocated 32: GDCM aborted.
+    ("fodicom__CR-ModalitySequenceLUT.dcm", {"BitsAllocated": 32}),
+    ("wg04__CT1_JPLL.dcm", {"BitsAllocated": 32}),
+    ("pylibjpeg__JPEGBaseline_1s_1f_u_08_08.dcm", {"BitsAllocated": 32}),
+    ("JPGExtended.dcm", {"BitsAllocated": 32}),
 ]
 
 

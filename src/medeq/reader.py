@@ -1260,17 +1260,38 @@ def _frame_disagreement(frame: bytes, info: ImageInfo) -> str | None:
         return None
     if isinstance(header, str):
         return f"is corrupt: {header}"
-    if (header.rows, header.columns, header.components) == (rows, columns, samples) and (
-        header.precision <= info.bits_allocated
-    ):
+    if _fits_header(header, info):
         return None
+    container = ""
+    if info.transfer_syntax in _codestream.JPEG_FAMILY:
+        bits = 8 if header.precision <= 8 else 16
+        container = f" (JPEG samples of {header.precision} bits take {bits})"
     return (
         f"does not match the header: its codestream holds {header.rows} rows x "
         f"{header.columns} columns, {header.components} component(s) of "
         f"{header.precision} bits; the header gives (0028,0010) Rows {rows}, (0028,0011) "
         f"Columns {columns}, (0028,0002) Samples per Pixel {samples}, (0028,0100) Bits "
-        f"Allocated {info.bits_allocated}"
+        f"Allocated {info.bits_allocated}{container}"
     )
+
+
+def _fits_header(header: _codestream.FrameHeader, info: ImageInfo) -> bool:
+    """Whether a frame header agrees with the DICOM header, as the decoders need it.
+
+    Rows, columns and components must be equal, and the samples must fit Bits
+    Allocated. A JPEG (T.81) codestream of up to 16 bits a sample must moreover be in
+    exactly the 8 or 16 bits its precision takes: GDCM aborts the process on a JPEG
+    frame under Bits Allocated 32 (JPEG-LS and JPEG 2000 decoders widen their output).
+    """
+    if (header.rows, header.columns, header.components) != (
+        info.rows,
+        info.columns,
+        info.samples_per_pixel,
+    ) or header.precision > info.bits_allocated:
+        return False
+    if info.transfer_syntax in _codestream.JPEG_FAMILY:
+        return info.bits_allocated == (8 if header.precision <= 8 else 16)
+    return True
 
 
 def _check_native_length(actual: int, info: ImageInfo, name: str) -> None:
