@@ -1239,3 +1239,18 @@ def test_a_fixed_seed_mutation_loop_over_compressed_files(tmp_path: Path) -> Non
     ]
     assert not crashes, "\n".join(crashes)
     assert {"ok", "error"} <= set(lines)
+
+
+def test_a_length_that_swallows_the_pixel_data_header_is_a_clean_error(tmp_path: Path) -> None:
+    # (0028,2114) Lossy Image Compression Method said 24 bytes instead of 12: pydicom
+    # then reads an item delimiter of the encapsulated data as an element. Found by
+    # tools/fuzz.py; it raised NotImplementedError in _filewalk.last_place.
+    source = shared_file("pylibjpeg__JPEGBaseline_1s_1f_u_08_08.dcm")
+    data = bytearray(source.read_bytes())
+    at = data.index(b"\x28\x00\x14\x21CS")  # (0028,2114), explicit VR little endian
+    assert data[at + 6 : at + 8] == (12).to_bytes(2, "little")
+    data[at + 6 : at + 8] = (24).to_bytes(2, "little")
+    lie = tmp_path / "lie.dcm"
+    lie.write_bytes(bytes(data))
+    with pytest.raises(medeq.MedeqError, match="Pixel Data"):
+        _ = medeq.read(lie).stored

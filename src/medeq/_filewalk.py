@@ -172,9 +172,16 @@ def last_place(header: Dataset, implicit: bool) -> Place | None:
     """
     # The last few suffice: past them, walking from the start costs no more.
     for tag in reversed(list(header.keys())[-8:]):
-        # pydicom's annotation omits that get_item returns elements not yet converted.
-        raw = cast(DataElement | RawDataElement, header.get_item(tag))
-        if not isinstance(raw, RawDataElement) or raw.length == UNDEFINED:
+        # keep_deferred: an element whose value was not read (a length that lies made
+        # pydicom defer it, or an item delimiter read as an element) must not be
+        # converted here; pydicom's annotation omits that get_item returns raw elements.
+        raw = cast(DataElement | RawDataElement, header.get_item(tag, keep_deferred=True))
+        if (
+            not isinstance(raw, RawDataElement)
+            or raw.length == UNDEFINED
+            or raw.value_tell is None
+            or int(tag) >> 16 == 0xFFFE
+        ):
             continue
         long_length = not implicit and str(raw.VR).encode() in LONG_VRS
         return int(tag), raw.value_tell - (12 if long_length else 8), raw.value_tell + raw.length
