@@ -692,17 +692,25 @@ def test_an_aborted_run_finishes_the_file_being_written_and_drops_the_rest() -> 
     from medeq._scheduler import Later
 
     scheduler = Scheduler(1, lambda job: [], lambda job, outcomes, submit: 0, lambda r: None)
-    started = threading.Event()
+    started, release = threading.Event(), threading.Event()
 
     def slow() -> str:
         started.set()
-        time.sleep(0.2)
+        assert release.wait(30)  # held until the abort has dropped the rest
         return "written"
 
     first = scheduler.pool.submit(lambda: Later(slow))
     rest = [scheduler.pool.submit(lambda: Later(lambda: "never")) for _ in range(3)]
     assert started.wait(10)
-    scheduler.abort()
+    aborting = threading.Thread(target=scheduler.abort)
+    aborting.start()
+    deadline = time.monotonic() + 30
+    while not all(f.cancelled() for f in rest) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not first.done()  # the abort waits for the file being written
+    release.set()
+    aborting.join(30)
+    assert not aborting.is_alive()
     assert first.done() and first.result() == "written"
     assert all(f.cancelled() for f in rest)
 
