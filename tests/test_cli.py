@@ -158,11 +158,19 @@ sys.exit(cli.main(sys.argv[3:]))
 """
 
 
-def interrupted(signal_name: str, after: int, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``medeq ARGS`` with ``signal_name`` sent once ``after`` files are converted."""
+def interrupted(
+    signal_name: str, after: int, *args: str, capture: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run ``medeq ARGS`` with ``signal_name`` sent once ``after`` files are converted.
+
+    ``capture`` False: its output is dropped, and the call returns when the process
+    ends even if processes it started hold its output open.
+    """
+    where = subprocess.PIPE if capture else subprocess.DEVNULL
     return subprocess.run(
         [sys.executable, "-c", INTERRUPTING, signal_name, str(after), *args],
-        capture_output=True,
+        stdout=where,
+        stderr=where,
         text=True,
         timeout=300,
         start_new_session=True,

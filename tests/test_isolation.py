@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -413,3 +414,42 @@ def test_a_malformed_source_date_epoch_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert run.returncode == 2 and "SOURCE_DATE_EPOCH must be a whole number" in run.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_workers_end_with_a_main_process_killed_outright(tmp_path: Path, jobs: str) -> None:
+    # kill -9 of the main process (the OOM killer does the same): its worker processes
+    # (or, with --jobs 1, the process decoding compressed data) must not live on.
+    for k in range(6):
+        make_series(tmp_path / "in" / f"s{k}", 3)
+    source = tmp_path / "in" / "s0" / "slice000.dcm"
+    ds = pydicom.dcmread(source)
+    ds.compress(pydicom.uid.RLELossless)  # compressed: --jobs 1 decodes it aside
+    ds.save_as(source)
+    argv = ["convert", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--jobs", jobs]
+    run = interrupted("SIGKILL", 2, *argv, capture=False)
+    assert run.returncode == -9
+    # Workers are forked: they keep the command line of the run that made them.
+    deadline = time.monotonic() + 20
+    left = _group_members(run.args)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = _group_members(run.args)
+    assert not left, left
+
+
+def _group_members(args: Any) -> list[int]:
+    """Processes still running the given command line (a killed run's workers)."""
+    wanted = "\0".join(str(a) for a in args).encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            state = (proc / "stat").read_text().split(") ")[-1].split()[0]
+        except OSError:
+            continue
+        if wanted in cmdline and state != "Z":
+            found.append(int(proc.name))
+    return found

@@ -265,18 +265,49 @@ def quiet_unpickling() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\.")
 
 
-def _worker_init() -> None:
-    """Set up a worker process: quiet unpickling, and Ctrl-C left to the main process.
+def _worker_init(parent: int) -> None:
+    """Set up a worker process: quiet unpickling, Ctrl-C left to the main process, and
+    an end with the main process ``parent``.
 
     Ctrl-C in a terminal reaches every process of the group; the main process ends the
     workers itself (:meth:`Scheduler.abort`), so they need not print their own traceback.
     """
+    end_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The command turns SIGTERM into an exception in the main process; a worker is ended
     # by it (Scheduler.abort), as by default.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     quiet_unpickling()
     keep_freed_memory()
+
+
+#: prctl's option that has the kernel send a signal to a process when its parent ends.
+_PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _libc() -> Any:
+    """glibc, or None where there is none (not Linux, or another C library)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def end_with_parent(parent: int) -> bool:
+    """Have this process killed when the process ``parent`` ends (Linux); True if set.
+
+    A main process killed outright (``kill -9``, the OOM killer) cannot end its workers:
+    without this they would wait for work for ever, each holding its memory.
+    """
+    libc = _libc()
+    if libc is None or libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return False
+    if os.getppid() != parent:  # it ended before the line above took effect
+        os._exit(1)
+    return True
 
 
 #: glibc's mallopt parameters, and the values set (its largest allowed mmap threshold).
@@ -297,11 +328,9 @@ def keep_freed_memory() -> bool:
     ``--jobs 1``, none). Set, blocks up to 32 MiB come from the heap and up to 64 MiB of
     free heap is kept. Other C libraries are left alone.
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(mallopt(_M_MMAP_THRESHOLD, _MAP_FROM)) and bool(
@@ -426,6 +455,7 @@ class Scheduler:
             workers,
             mp_context=multiprocessing.get_context(start_method()),
             initializer=_worker_init,
+            initargs=(os.getpid(),),
         )
 
     def submit(self, task: Task) -> None:
