@@ -26,7 +26,7 @@ from medeq._scheduler import Scheduler, Task
 from medeq.convert import FileResult, Job, _decode_task
 from medeq.reader import ImageInfo
 
-from .conftest import synthetic_series
+from .conftest import store_in_orthanc, synthetic_series
 from .test_cli import interrupted, make_series
 from .test_cli import medeq as run_medeq
 
@@ -453,3 +453,39 @@ def _group_members(args: Any) -> list[int]:
         if wanted in cmdline and state != "Z":
             found.append(int(proc.name))
     return found
+
+
+@pytest.mark.parametrize("missing", ["StudyInstanceUID", "PatientID"])
+def test_a_pacs_accepts_the_output_of_a_source_missing_what_it_needs(
+    tmp_path: Path, orthanc: str, missing: str
+) -> None:
+    # Orthanc refuses the source itself; the output, with its derived fill-in (noted in
+    # the report), is stored.
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    delattr(ds, missing)
+    (tmp_path / "in").mkdir()
+    ds.save_as(tmp_path / "in" / "ct.dcm")
+    status, _ = store_in_orthanc(orthanc, (tmp_path / "in" / "ct.dcm").read_bytes())
+    if missing == "StudyInstanceUID":
+        assert status >= 400  # the fixture's PACS is a real check
+    report = medeq.convert(tmp_path / "in", tmp_path / "out", jobs=1)
+    [result] = report.files
+    tag = {
+        "StudyInstanceUID": "(0020,000D) Study Instance UID",
+        "PatientID": "(0010,0020) Patient ID",
+    }
+    assert result.status == "converted" and any(tag[missing] in n for n in result.notes)
+    status, answer = store_in_orthanc(orthanc, Path(result.outputs[0]).read_bytes())
+    assert status == 200 and answer.get("Status") == "Success", answer
+
+
+def test_derived_notes_include_what_deriving_filled_in(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del ds.PatientID
+    ds.save_as(tmp_path / "ct.dcm")
+    derived = medeq.enhance(medeq.read(tmp_path / "ct.dcm"))
+    medeq.write(derived, tmp_path / "out.dcm")
+    assert any("(0010,0020) Patient ID is missing" in n for n in derived.notes)
+    assert derived.as_dict()["notes"] == derived.notes

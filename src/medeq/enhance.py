@@ -139,7 +139,10 @@ class Derived:
     def headers(self) -> list[Dataset]:
         """The derived header of each source image."""
         if self._headers is None:
-            self._headers = [derive_header(im, **self.header_options) for im in self.sources]
+            # What deriving fills in or leaves out (a missing Patient ID) is noted too.
+            with collecting() as notes:
+                self._headers = [derive_header(im, **self.header_options) for im in self.sources]
+            self.notes.extend(n for n in notes if n not in self.notes)
         return self._headers
 
     @property
