@@ -358,11 +358,8 @@ def whole_number(value: Any) -> int | None:
     """
     if type(value) is int:  # the usual case, as header_value decodes US and IS
         return value
-    if isinstance(value, (list, tuple, MultiValue)):
-        if len(value) != 1:
-            return None
-        value = value[0]
-    if isinstance(value, bool):
+    value = _single(value)
+    if value is None:
         return None
     if isinstance(value, int):
         return int(value)
@@ -372,15 +369,22 @@ def whole_number(value: Any) -> int | None:
     return int(number)
 
 
-def finite_number(value: Any) -> float | None:
-    """``value`` as a finite float (from a number or its text), else None."""
-    if type(value) is float:  # the usual case, as header_value decodes DS
-        return value if math.isfinite(value) else None
+def _single(value: Any) -> Any:
+    """The one value of ``value`` (a list of one is that value); None for several values
+    or a bool (True is no number of a header)."""
     if isinstance(value, (list, tuple, MultiValue)):
         if len(value) != 1:
             return None
         value = value[0]
-    if isinstance(value, bool):
+    return None if isinstance(value, bool) else value
+
+
+def finite_number(value: Any) -> float | None:
+    """``value`` as a finite float (from a number or its text), else None."""
+    if type(value) is float:  # the usual case, as header_value decodes DS
+        return value if math.isfinite(value) else None
+    value = _single(value)
+    if value is None:
         return None
     if isinstance(value, bytes):
         value = value.decode("iso8859")
