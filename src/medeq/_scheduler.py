@@ -180,11 +180,6 @@ def _finish_guarded(finish: Callable[[], Any], notes: tuple[str, ...]) -> Outcom
     return Outcome(outcome.value, notes + outcome.notes, outcome.failure, outcome.internal)
 
 
-def _run_guarded_batch(calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Any]:
-    """Run several tasks in one worker, one after the other; their outcomes in order."""
-    return [guarded(fn, args) for fn, args in calls]
-
-
 #: A file the scan read: its image (or why it could not be read), and the notes made.
 Scanned = tuple[DicomImage | str, tuple[str, ...]]
 
