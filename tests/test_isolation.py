@@ -489,3 +489,13 @@ def test_derived_notes_include_what_deriving_filled_in(tmp_path: Path) -> None:
     medeq.write(derived, tmp_path / "out.dcm")
     assert any("(0010,0020) Patient ID is missing" in n for n in derived.notes)
     assert derived.as_dict()["notes"] == derived.notes
+
+
+def test_statuses_are_an_enum_that_reads_as_text(tmp_path: Path) -> None:
+    report_path = tmp_path / "r.json"
+    report = medeq.convert(get_testdata_file("CT_small.dcm"), tmp_path / "o", report=report_path)
+    [result] = report.files
+    assert result.status is medeq.Status.CONVERTED and result.status == "converted"
+    assert f"{result.status:>10}|{result.status}" == " converted|converted"
+    assert json.loads(report_path.read_text())["files"][0]["status"] == "converted"
+    assert report.totals == {"converted": 1, "skipped": 0, "failed": 0, "planned": 0, "total": 1}

@@ -17,7 +17,7 @@ _gc.disable()
 
 try:
     from .clahe import clahe
-    from .convert import FileResult, Report, convert
+    from .convert import FileResult, Report, Status, convert
     from .core import Variant, equalization_lut, equalize, histogram
     from .enhance import Derived, Method, Quality, enhance
     from .errors import (
@@ -60,6 +60,7 @@ __all__ = [
     "Report",
     "Series",
     "SeriesError",
+    "Status",
     "TransferSyntax",
     "UnsupportedImageError",
     "Variant",

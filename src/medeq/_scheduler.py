@@ -42,7 +42,7 @@ from .errors import MedeqError
 from .reader import DicomImage, read
 
 if TYPE_CHECKING:
-    from .convert import FileResult, Job
+    from .convert import Job
 
 __all__ = [
     "Inline",
@@ -409,10 +409,11 @@ class Scheduler:
     are back, ``second_pass(job, outcomes, submit)`` decides the job here, submits its
     write tasks and returns how many (or -1 to run the first pass again, which
     ``first_pass`` may then plan differently). A write task returns ``(outputs, error)``,
-    which settles the file's result. A few jobs are in flight at a time, which bounds
-    memory. A worker that dies (a decoder crash, the OOM killer) breaks the pool: the pool
-    is rebuilt and the tasks that were in flight run again one at a time; the one that
-    kills a worker while running alone fails with that cause, and the batch goes on.
+    handed to ``written(job, index, outputs, error)``. A few jobs are in flight at a time,
+    which bounds memory. A worker that dies (a decoder crash, the OOM killer) breaks the
+    pool: the pool is rebuilt and the tasks that were in flight run again one at a time;
+    the one that kills a worker while running alone fails with that cause, and the batch
+    goes on.
     A first-pass task that does so gets the outcome ``(None, cause)``.
     """
 
@@ -421,12 +422,12 @@ class Scheduler:
         workers: int,
         first_pass: Callable[[Job], list[Task]],
         second_pass: Callable[[Job, list[Any], Callable[[Task], None]], int],
-        settle: Callable[[FileResult], None],
+        written: Callable[[Job, int, list[str], str | None], None],
     ):
         self.workers = workers
         self.first_pass = first_pass
         self.second_pass = second_pass
-        self.settle = settle
+        self.written = written
         self.pool = self._new_pool()
         #: With one worker: the process that runs the tasks marked ``isolate``.
         self.sandbox: ProcessPoolExecutor | None = None
@@ -700,11 +701,8 @@ class Scheduler:
                 elif submitted:
                     self.writes_left[id(job)] = submitted
             return
-        result = job.results[i]
-        result.status = "failed" if outcome[1] else "converted"
-        result.error = outcome[1]
-        result.outputs = [] if outcome[1] else outcome[0]
-        self.settle(result)
+        outputs, error = outcome
+        self.written(job, i, outputs, error)
         self.writes_left[id(job)] -= 1
         if self.writes_left[id(job)] == 0:
             del self.writes_left[id(job)]

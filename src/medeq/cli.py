@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 from . import __version__
 from ._scheduler import STOPS_THE_BATCH, failure_text
-from .convert import FileResult, convert
+from .convert import FileResult, Status, convert
 from .errors import MedeqError
 
 __all__ = ["main", "main_exit"]
@@ -269,7 +269,7 @@ def _cmd_convert(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         if id(result) not in counted:  # a file whose flush fails is told of twice
             counted.add(id(result))
             progress.update(result)
-        if result.status == "failed":
+        if result.status is Status.FAILED:
             progress.clear()
             print(f"medeq: error: {result.error}", file=sys.stderr)
 
@@ -294,7 +294,7 @@ def _cmd_convert(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     progress.clear()
     if args.dry_run and not args.quiet:
         for f in report.files:
-            if f.status in ("planned", "skipped"):
+            if f.status in (Status.PLANNED, Status.SKIPPED):
                 print(f"{f.status:9} {f.input} -> {', '.join(f.outputs) or '-'}")
         for name, why in report.ignored:
             print(f"{'ignored':9} {name} ({why})")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import enum
 import functools
 import logging
 import os
@@ -83,7 +84,7 @@ from .writer import (
     sidecar,
 )
 
-__all__ = ["FileResult", "Report", "convert"]
+__all__ = ["FileResult", "Report", "Status", "convert"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,12 +106,29 @@ REPORT_BYTES, REPORT_BYTES_PER_FILE = 16 << 10, 2 << 10
 FILES_PER_WORKER = 32
 
 
+class Status(str, enum.Enum):
+    """What became of one input file (a str: it compares and serialises as its value)."""
+
+    CONVERTED = "converted"
+    #: Already done by an earlier run, or the same instance as another input.
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    #: A dry run's, or a file not yet settled.
+    PLANNED = "planned"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:  # "converted", not "Status.CONVERTED"
+        return format(str(self.value), spec)
+
+
 @dataclass
 class FileResult:
     """What happened to one input file."""
 
     input: str
-    status: str  # converted, skipped, failed or planned
+    status: Status
     outputs: list[str] = field(default_factory=list)
     error: str | None = None
     series_uid_in: str | None = None
@@ -145,9 +163,9 @@ class Report:
     @property
     def totals(self) -> dict[str, int]:
         """Counts per status, and the total."""
-        counts = {"converted": 0, "skipped": 0, "failed": 0, "planned": 0}
+        counts = {status.value: 0 for status in Status}
         for f in self.files:
-            counts[f.status] += 1
+            counts[Status(f.status).value] += 1
         counts["total"] = len(self.files)
         return counts
 
@@ -777,7 +795,7 @@ def _run(
         if followed is not None:
             result.add_notes([f"{result.input}: read through a symbolic link, from {followed}"])
         report.files.append(result)
-        if flusher is not None and result.status == "converted":
+        if flusher is not None and result.status is Status.CONVERTED:
             flusher.add(result.outputs)
         if progress is not None:
             progress(result)
@@ -820,8 +838,8 @@ def _run(
                 raise
             except BaseException as exc:
                 for i, result in enumerate(job.results):
-                    if result.status == "planned" and i not in sent:
-                        result.status, result.outputs = "failed", []
+                    if result.status is Status.PLANNED and i not in sent:
+                        result.status, result.outputs = Status.FAILED, []
                         result.error = failure_text(exc, job.images[i].name)
                         settle(result)
                 return len(sent)
@@ -832,7 +850,14 @@ def _run(
     # files would only cost that, and by default a small batch does not use every core.
     if default_jobs:
         workers = min(workers, max(1, len(pairs) // FILES_PER_WORKER))
-    scheduler = Scheduler(min(workers, len(pairs)), first_pass, second_pass, settle)
+
+    def written(job: Job, i: int, outputs: list[str], error: str | None) -> None:
+        result = job.results[i]
+        result.status = Status.FAILED if error else Status.CONVERTED
+        result.error, result.outputs = error, [] if error else outputs
+        settle(result)
+
+    scheduler = Scheduler(min(workers, len(pairs)), first_pass, second_pass, written)
     if scheduler.workers == 1 and not settings.in_process:
         settings = dataclasses.replace(settings, in_process=True)
     warm: threading.Thread | None = None
@@ -902,16 +927,16 @@ def _flush(
 
     ``progress`` hears of such a file again, now failed.
     """
-    converted = {p: r for r in report.files if r.status == "converted" for p in r.outputs}
+    converted = {p: r for r in report.files if r.status is Status.CONVERTED for p in r.outputs}
     for path, error in failed.items():
         result = converted[path]
-        if result.status == "failed":
+        if result.status is Status.FAILED:
             continue  # its other output failed too
         # What is on disk may not be what was written: a rerun must make it again.
         for output in result.outputs:
             with contextlib.suppress(OSError):
                 os.unlink(output)
-        result.status, result.error, result.outputs = "failed", error, []
+        result.status, result.error, result.outputs = Status.FAILED, error, []
         if progress is not None:
             progress(result)
 
@@ -961,7 +986,7 @@ def _plan(
     taken: set[str] = set()
     for (file, root), (image, made) in zip(pairs, headers, strict=True):
         if isinstance(image, str):
-            failed = FileResult(str(file), "failed", error=image)
+            failed = FileResult(str(file), Status.FAILED, error=image)
             failed.add_notes(made)
             settle(failed)
             continue
@@ -985,7 +1010,7 @@ def _plan(
             for image, _ in members:
                 if str(image.info.path) not in settled:
                     error = failure_text(exc, image.name)
-                    settle_once(FileResult(str(image.info.path), "failed", error=error))
+                    settle_once(FileResult(str(image.info.path), Status.FAILED, error=error))
     return jobs
 
 
@@ -1025,7 +1050,7 @@ def _plan_series(
                 target = targets[id(im)]
                 result = FileResult(
                     str(im.info.path),
-                    "planned",
+                    Status.PLANNED,
                     [str(target)],
                     series_uid_in=im.info.series_instance_uid,
                     series_uid_out=series_out,
@@ -1036,7 +1061,7 @@ def _plan_series(
                     expected = output_instance_uid(im, canonical)
                     done = _already_done(target, expected, settings.preview, result)
                 if isinstance(done, str):
-                    result.status, result.error, result.outputs = "failed", done, []
+                    result.status, result.error, result.outputs = Status.FAILED, done, []
                     settle(result)
                     continue
                 job.images.append(im)
@@ -1047,12 +1072,12 @@ def _plan_series(
             continue
         if all(job.done):
             for r in job.results:
-                r.status = "skipped"
+                r.status = Status.SKIPPED
                 settle(r)
             continue
         if dry_run:
             for r, d in zip(job.results, job.done, strict=True):
-                r.status = "skipped" if d else "planned"
+                r.status = Status.SKIPPED if d else Status.PLANNED
                 settle(r)
             continue
         jobs.append(job)
@@ -1231,7 +1256,7 @@ def _submit_writes(
         result.quality_after = made.after.as_dict()
         result.series_uid_out = made.series_uid
         if job.done[i]:
-            result.status = "skipped"
+            result.status = Status.SKIPPED
             settle(result)
             continue
         fn, args = write(n, i)
@@ -1270,14 +1295,14 @@ def _settle_failed(
                 skipped = _duplicate_result(image, original)
                 result.status, result.error = skipped.status, skipped.error
             else:
-                result.status = "failed"
+                result.status = Status.FAILED
                 result.error = (
                     f"{image.name}: conflict: the same (0008,0018) SOP Instance UID "
                     f"{image.info.sop_instance_uid} as {original.name}, but other pixel data "
                     f"(only {original.name} is converted)"
                 )
         else:
-            result.status, result.error = "failed", error
+            result.status, result.error = Status.FAILED, error
         result.outputs = []
         settle(result)
     return good
@@ -1294,7 +1319,7 @@ def _first_copy(images: list[DicomImage], dup: DicomImage) -> DicomImage:
 def _duplicate_result(dup: DicomImage, kept: DicomImage) -> FileResult:
     return FileResult(
         str(dup.info.path),
-        "skipped",
+        Status.SKIPPED,
         error=f"same (0008,0018) SOP Instance UID as {kept.name}: converted once",
         series_uid_in=dup.info.series_instance_uid,
     )
