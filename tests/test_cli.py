@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -438,3 +440,38 @@ def test_a_folder_without_dicom_files_is_nothing_to_do(tmp_path: Path) -> None:
     run = medeq("convert", str(src), "-o", str(tmp_path / "out"))
     assert run.returncode == 2
     assert "(1 not DICOM, ignored)" in run.stderr
+
+
+def test_a_terminal_shows_a_progress_bar_and_error_lines_above_it(tmp_path: Path) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    make_series(tmp_path / "in", 3)
+    (tmp_path / "in" / "broken.dcm").write_bytes(b"DICM" * 10)
+    leader, follower = pty.openpty()
+    # A terminal of 24 x 120 characters (a new pseudo-terminal has no size).
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "medeq", "convert", str(tmp_path / "in"), "-o",
+             str(tmp_path / "out"), "--jobs", "1"],
+            stdout=subprocess.DEVNULL,
+            stderr=follower,
+            timeout=300,
+            check=False,
+        )  # fmt: skip
+        os.close(follower)
+        screen = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal's other end is closed
+            while chunk := os.read(leader, 65536):
+                screen += chunk
+    finally:
+        os.close(leader)
+    text = screen.decode(errors="replace")
+    assert run.returncode == 1
+    assert "file/s" in text or "s/file" in text  # tqdm's rate
+    assert "/4 [" in text  # done of the 4 files found
+    assert f"medeq: error: {tmp_path / 'in' / 'broken.dcm'}" in text
+    assert "medeq: 3 converted, 0 skipped, 1 failed of 4 file(s)" in text

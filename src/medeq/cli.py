@@ -43,34 +43,37 @@ def _sample_files() -> list[str]:
 
 
 class Progress:
-    """A one-line progress bar on a terminal; nothing at all anywhere else."""
+    """A progress bar (tqdm) on a terminal; nothing at all anywhere else.
 
-    def __init__(self, total: int, stream: TextIO, enabled: bool) -> None:
-        self.total = max(total, 1)
+    Lines printed meanwhile go through :meth:`say`, which keeps the bar below them.
+    """
+
+    def __init__(self, stream: TextIO, enabled: bool) -> None:
         self.stream = stream
         self.enabled = enabled
-        self.done = 0
-        self.start = time.perf_counter()
+        self.bar: Any = None
 
-    def update(self, result: FileResult) -> None:
-        self.done += 1
-        if not self.enabled:
-            return
-        elapsed = time.perf_counter() - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        left = (self.total - self.done) / rate if rate > 0 else 0.0
-        width = 30
-        filled = int(width * min(self.done / self.total, 1.0))
-        bar = "#" * filled + "-" * (width - filled)
-        self.stream.write(
-            f"\r[{bar}] {self.done}/{self.total} {rate:5.1f} files/s ETA {left:4.0f}s "
-        )
-        self.stream.flush()
-
-    def clear(self) -> None:
+    def start(self, total: int) -> None:
+        """Show the bar, once the number of files is known."""
         if self.enabled:
-            self.stream.write("\r" + " " * 78 + "\r")
-            self.stream.flush()
+            from tqdm import tqdm  # only on a terminal: no import cost in a pipeline
+
+            self.bar = tqdm(total=total, unit="file", file=self.stream, leave=False)
+
+    def update(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def say(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -258,40 +261,37 @@ def _cmd_convert(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         inputs += _sample_files()
     if not inputs:
         parser.error("convert: give at least one INPUT (or '-', or --sample)")
-    progress = Progress(0, sys.stderr, sys.stderr.isatty() and not args.quiet)
-
-    def on_start(total: int) -> None:
-        progress.total = max(total, 1)
-
+    progress = Progress(sys.stderr, sys.stderr.isatty() and not args.quiet)
     counted: set[int] = set()
 
     def on_result(result: FileResult) -> None:
         if id(result) not in counted:  # a file whose flush fails is told of twice
             counted.add(id(result))
-            progress.update(result)
+            progress.update()
         if result.status is Status.FAILED:
-            progress.clear()
-            print(f"medeq: error: {result.error}", file=sys.stderr)
+            progress.say(f"medeq: error: {result.error}")
 
     started = time.perf_counter()
-    report = convert(
-        inputs,
-        args.output,
-        transfer_syntax=args.transfer_syntax,
-        preview=args.preview,
-        figure=args.figure,
-        jobs=args.jobs,
-        overwrite=args.overwrite,
-        dry_run=args.dry_run,
-        keep_private=not args.no_private,
-        sync=not args.no_sync,
-        quiet_decoders=not args.verbose,
-        progress=on_result,
-        on_start=on_start,
-        report=args.report,
-        **_method_kwargs(args),
-    )
-    progress.clear()
+    try:
+        report = convert(
+            inputs,
+            args.output,
+            transfer_syntax=args.transfer_syntax,
+            preview=args.preview,
+            figure=args.figure,
+            jobs=args.jobs,
+            overwrite=args.overwrite,
+            dry_run=args.dry_run,
+            keep_private=not args.no_private,
+            sync=not args.no_sync,
+            quiet_decoders=not args.verbose,
+            progress=on_result,
+            on_start=progress.start,
+            report=args.report,
+            **_method_kwargs(args),
+        )
+    finally:
+        progress.close()
     if args.dry_run and not args.quiet:
         for f in report.files:
             if f.status in (Status.PLANNED, Status.SKIPPED):
