@@ -15,7 +15,7 @@ from pydicom.uid import UID
 
 import medeq
 from medeq._notes import collecting
-from medeq.writer import IMAGE_TYPE_VALUE_2, PRESENTATION_INTENT, image_type_value_2
+from medeq.derive import IMAGE_TYPE_VALUE_2, PRESENTATION_INTENT, image_type_value_2
 
 from .conftest import shared_file
 from .test_writer import _error_lines, _inherited
@@ -178,7 +178,7 @@ def test_a_source_without_instance_uid(tmp_path: Path, empty: bool) -> None:
     ds.save_as(tmp_path / "other.dcm")
     assert medeq.enhance(medeq.read(tmp_path / "other.dcm")).dataset.SOPInstanceUID != uid
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    assert medeq.writer.content_digest(medeq.read(source)) == f"sha256:{digest}"
+    assert medeq.derive.content_digest(medeq.read(source)) == f"sha256:{digest}"
 
 
 def test_an_enhanced_source_without_instance_uid(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 import medeq
+import medeq.derive
 from medeq import OutputError
 from medeq._notes import collecting
 from medeq.enhance import canonical_parameters, quality_of
@@ -1030,6 +1031,6 @@ def test_an_unforeseen_failure_while_deriving_names_the_file(
     def broken(ds: pydicom.Dataset) -> str:
         raise KeyError("something no check foresaw")
 
-    monkeypatch.setattr(medeq.writer, "_earlier_description", broken)
+    monkeypatch.setattr(medeq.derive, "_earlier_description", broken)
     with pytest.raises(OutputError, match=r"CT_small.dcm: cannot derive the output header: "):
         _ = medeq.enhance(medeq.read(ct_path)).dataset

@@ -23,7 +23,7 @@ import threading
 import traceback
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import (
     FIRST_COMPLETED,
     Executor,
@@ -35,14 +35,11 @@ from concurrent.futures import (
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ._notes import collecting
 from .errors import MedeqError
 from .reader import DicomImage, read
-
-if TYPE_CHECKING:
-    from .convert import Job
 
 __all__ = [
     "Inline",
@@ -57,6 +54,17 @@ __all__ = [
     "read_headers",
     "start_method",
 ]
+
+
+class Job(Protocol):
+    """What the scheduler knows of a job: its images (for messages) and where each
+    file's notes go. :class:`medeq.convert.Job` is one."""
+
+    @property
+    def images(self) -> list[DicomImage]: ...
+
+    @property
+    def results(self) -> list[Any]: ...
 
 
 @contextlib.contextmanager
@@ -420,9 +428,11 @@ class Scheduler:
     def __init__(
         self,
         workers: int,
-        first_pass: Callable[[Job], list[Task]],
-        second_pass: Callable[[Job, list[Any], Callable[[Task], None]], int],
-        written: Callable[[Job, int, list[str], str | None], None],
+        # The callbacks take the caller's own job type (a Job): Any, as Callable's
+        # parameters cannot be narrowed to a subtype.
+        first_pass: Callable[[Any], list[Task]],
+        second_pass: Callable[[Any, list[Any], Callable[[Task], None]], int],
+        written: Callable[[Any, int, list[str], str | None], None],
     ):
         self.workers = workers
         self.first_pass = first_pass
@@ -480,12 +490,12 @@ class Scheduler:
             future = self.pool.submit(task.fn, *task.args)  # _run_batch guards each part
         self.pending[future] = task
 
-    def run(self, jobs: list[Job]) -> None:
+    def run(self, jobs: Sequence[Job]) -> None:
         with warnings.catch_warnings():
             quiet_unpickling()
             self._run(jobs)
 
-    def _run(self, jobs: list[Job]) -> None:
+    def _run(self, jobs: Sequence[Job]) -> None:
         queue = list(reversed(jobs))
         try:
             while queue or self.pending or self.suspects or self.backlog:

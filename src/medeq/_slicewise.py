@@ -149,7 +149,7 @@ class CountedEqualization:
     mapping : medeq.core.ValueMapping
         Normalised value -> output level.
     header_options : dict
-        The arguments of :func:`medeq.writer.derive_header` besides the source image.
+        The arguments of :func:`medeq.derive.derive_header` besides the source image.
     series_uid : str
         The new (0020,000E) Series Instance UID.
     before, after : Quality

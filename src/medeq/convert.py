@@ -61,6 +61,7 @@ from ._slicewise import (
     stored_countable,
 )
 from .clahe import check_parameters as check_clahe_parameters
+from .derive import creation_time, derive_header, output_instance_uid, output_series_uid
 from .enhance import Derived, Method, canonical_parameters, enhance
 from .errors import MedeqError, OutputError, ParameterError
 from .normalize import VoiPlan, WindowSpec, needs_header, parse_window, voi_plan
@@ -74,15 +75,7 @@ from .reader import (
     read_whole,
 )
 from .series import DICOM_SUFFIXES, Series, Walk, _make_series, find_dicom_files, walk
-from .writer import (
-    TransferSyntax,
-    creation_time,
-    derive_header,
-    encode_image,
-    output_instance_uid,
-    output_series_uid,
-    sidecar,
-)
+from .writer import TransferSyntax, encode_image, sidecar
 
 __all__ = ["FileResult", "Report", "Status", "convert"]
 

@@ -19,10 +19,10 @@ from pydicom.dataset import Dataset
 
 from . import core
 from ._notes import collecting
+from .derive import derive_header, output_series_uid
 from .errors import ParameterError
 from .normalize import Normalized, Preset, WindowSpec, normalize, parse_window
 from .reader import DicomImage, Window
-from .writer import derive_header, output_series_uid
 
 __all__ = ["Derived", "Method", "Quality", "enhance"]
 
@@ -87,7 +87,7 @@ class Derived:
         The derived header of each source image (pixel data is added when written),
         built on first use from ``header_options``.
     header_options : dict
-        The arguments of :func:`medeq.writer.derive_header` besides the source image,
+        The arguments of :func:`medeq.derive.derive_header` besides the source image,
         so that headers can also be built where the files are written.
     pixels : (frames, rows, columns) ndarray of uint8 or uint16
         Equalized values in ``[0, levels - 1]``, all frames of all images.
@@ -301,7 +301,7 @@ def describe(
     """What a derived object records of its making.
 
     Returns ``(header_options, parameters, description, series_uid)``: the arguments of
-    :func:`medeq.writer.derive_header`, the parameters for reports, the text for
+    :func:`medeq.derive.derive_header`, the parameters for reports, the text for
     (0008,2111) Derivation Description, and the new series UID. ``bins``, ``window``,
     ``mask`` and ``levels`` are the caller's arguments (they fix the UIDs); ``nbins``,
     ``value_range``, ``voi`` and ``out_levels`` what they resolved to.
