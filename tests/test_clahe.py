@@ -477,7 +477,9 @@ def test_mapping_is_monotone_within_a_tile(rng: np.random.Generator) -> None:
     assert np.all(np.diff(out.ravel()[order].astype(np.int64)) >= 0)
     # ... and every pixel of every tile: its tile mappings are non-decreasing.
     for clip in (None, 0.01):
-        src, table = clahe_module._bin_source(img, medeq.core._binning(img, None, None, (0, 4000)))
+        src, table = clahe_module._bin_source(
+            img, medeq.core.make_binning(img, None, None, (0, 4000))
+        )
         edges = (clahe_module._tile_edges(128, 20), clahe_module._tile_edges(96, 20))
         luts = clahe_module._tile_mappings(
             src, table, None, edges, 4001, (clip, clahe_module.Redistribution.LIMITED), None

@@ -241,7 +241,7 @@ def test_short_path_equals_the_general_path(
     constant images included."""
     if _kernels.jit() is None:
         pytest.skip("numba kernels are unavailable")
-    general = medeq.core._equalize_counted(
+    general = medeq.core.equalize_from_counts(
         img, bins, None, None, levels, medeq.core.Variant(variant)
     )[0]
     saved = _kernels.SERIAL_BELOW, _kernels.PAIRS_FROM, _kernels.MIN_CHUNK
@@ -303,7 +303,7 @@ def test_short_path_is_opencv_and_leaves_other_cases_alone(
         ({"levels": 4096}, True),
     ]:
         taken.clear()
-        general = medeq.core._equalize_counted(
+        general = medeq.core.equalize_from_counts(
             img,
             kwargs.get("bins"),
             kwargs.get("value_range"),
@@ -345,7 +345,7 @@ def test_short_path_counts_at_most_max_span_in_one_call(monkeypatch: pytest.Monk
     assert (
         _kernels.equalize_levels(img, 65536, np.dtype(np.uint16), False) is None
     )  # serial: too large
-    expected = medeq.core._equalize_counted(
+    expected = medeq.core.equalize_from_counts(
         img, None, None, None, None, medeq.core.Variant.STANDARD
     )
     np.testing.assert_array_equal(medeq.equalize(img), expected[0])

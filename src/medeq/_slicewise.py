@@ -27,7 +27,7 @@ from . import _kernels, core
 from ._notes import collecting
 from .enhance import Method, Quality, default_levels, describe, quality_of
 from .normalize import VoiPlan, WindowSpec, invert_values
-from .reader import DicomImage, _native_little
+from .reader import DicomImage, native_little
 
 __all__ = [
     "MAX_SPAN",
@@ -98,7 +98,7 @@ def stored_countable(image: DicomImage) -> bool:
         info.frames == 1
         and info.bits_allocated <= 16
         and image._place is not None
-        and _native_little(info)
+        and native_little(info)
     )
 
 
@@ -207,9 +207,9 @@ def equalize_counted(
     """
     if plan.sigmoid is not None:
         return None
-    bins_ = core._check_bins(bins)
-    out_levels = core._check_levels(levels) or default_levels(list(images))
-    var = core._as_variant(variant)
+    bins_ = core.check_bins(bins)
+    out_levels = core.check_levels(levels) or default_levels(list(images))
+    var = core.as_variant(variant)
     with collecting() as notes:
         span = plan.span(
             images, True, float(min(c.lo for c in counted)), float(max(c.hi for c in counted))

@@ -31,18 +31,18 @@ from numpy.typing import ArrayLike, NDArray
 from ._threads import in_bands, parts_for
 from .core import (
     Binning,
-    _binning,
-    _check_bins,
-    _check_image,
-    _check_levels,
-    _check_mask,
-    _check_range,
-    _data_range,
-    _float_out,
-    _identity,
-    _lut_dtype,
-    _output_levels,
-    _round_to_levels,
+    check_bins,
+    check_image,
+    check_levels,
+    check_mask,
+    check_range,
+    float_output_dtype,
+    identity_output,
+    lut_dtype_for,
+    make_binning,
+    masked_range,
+    output_levels,
+    round_to_levels,
 )
 from .errors import ParameterError
 
@@ -122,10 +122,10 @@ def check_parameters(clip_limit: object, kernel_size: object, redistribution: ob
     """
     _check_clip_limit(clip_limit)
     _check_kernel_size(kernel_size, (1 << 16, 1 << 16))
-    _as_redistribution(redistribution)
+    as_redistribution(redistribution)
 
 
-def _as_redistribution(redistribution: object) -> Redistribution:
+def as_redistribution(redistribution: object) -> Redistribution:
     try:
         return Redistribution(redistribution)
     except ValueError:
@@ -225,7 +225,7 @@ def _tile_mappings(
     row_edges, col_edges = edges
     shape = (row_edges.size - 1, col_edges.size - 1)
     largest = int(np.diff(row_edges).max()) * int(np.diff(col_edges).max())
-    lut_dtype = np.dtype(np.float64) if levels is None else _lut_dtype(levels)
+    lut_dtype = np.dtype(np.float64) if levels is None else lut_dtype_for(levels)
     luts = np.empty((*shape, nbins), dtype=lut_dtype)
     filled = np.zeros(shape, dtype=np.bool_)
     # A limit of all of a tile's pixels clips nothing.
@@ -372,23 +372,23 @@ def clahe(
     An image whose (masked) values all fall in one bin, such as a constant image, comes
     back unchanged in the output type, as from :func:`medeq.equalize`.
     """
-    arr = _check_image(image)
+    arr = check_image(image)
     if arr.ndim > 3:
         raise ParameterError(
             f"image must be 2-D (rows, columns) or 3-D (slices, rows, columns) for clahe, "
             f"got shape {arr.shape}"
         )
-    bins_ = _check_bins(bins)
-    levels_ = _check_levels(levels)
-    vr = _check_range(value_range, arr.dtype.kind in "iu")
-    m = _check_mask(mask, arr.shape)
+    bins_ = check_bins(bins)
+    levels_ = check_levels(levels)
+    vr = check_range(value_range, arr.dtype.kind in "iu")
+    m = check_mask(mask, arr.shape)
     if m is not None:
         m = np.ascontiguousarray(m)
     kernel = _check_kernel_size(kernel_size, (arr.shape[-2], arr.shape[-1]))
-    clip = (_check_clip_limit(clip_limit), _as_redistribution(redistribution))
+    clip = (_check_clip_limit(clip_limit), as_redistribution(redistribution))
 
-    data_range = _data_range(arr, m)
-    binning = _binning(arr, bins_, vr, data_range)
+    data_range = masked_range(arr, m)
+    binning = make_binning(arr, bins_, vr, data_range)
     edges = (_tile_edges(arr.shape[-2], kernel[0]), _tile_edges(arr.shape[-1], kernel[1]))
     entries = (edges[0].size - 1) * (edges[1].size - 1) * binning.bins
     if entries > MAX_TILE_ENTRIES:
@@ -398,12 +398,12 @@ def clahe(
             "all; use a larger kernel_size or fewer bins"
         )
 
-    out_levels = _output_levels(arr.dtype, levels_)
+    out_levels = output_levels(arr.dtype, levels_)
     ends = binning.index(np.array(data_range, dtype=arr.dtype))
     if ends[0] == ends[1]:
-        return _identity(arr, out_levels)
+        return identity_output(arr, out_levels)
 
-    out_dtype = _float_out(arr.dtype) if out_levels is None else _lut_dtype(out_levels)
+    out_dtype = float_output_dtype(arr.dtype) if out_levels is None else lut_dtype_for(out_levels)
     # Mappings in output levels for up to 65536 levels; wider outputs (32/64-bit input)
     # keep positions in [0, 1], which core's rounding (exact up to 2**64) finishes.
     wide = out_levels is not None and out_levels > _KERNEL_LEVELS
@@ -420,12 +420,12 @@ def clahe(
         out_i = out[i] if stack else out
         luts = _tile_mappings(src_i, table, mask_i, edges, binning.bins, clip, lut_levels)
         if luts is None:
-            out_i[...] = _identity(arr[i] if stack else arr, out_levels)
+            out_i[...] = identity_output(arr[i] if stack else arr, out_levels)
         elif wide:
             assert out_levels is not None
             position = np.empty(out_i.shape, dtype=np.float64)
             _map_pixels(src_i, table, luts, (rows, cols), None, position)
-            out_i[...] = _round_to_levels(position * (out_levels - 1), out_levels)
+            out_i[...] = round_to_levels(position * (out_levels - 1), out_levels)
         else:
             _map_pixels(src_i, table, luts, (rows, cols), lut_levels, out_i)
     return out

@@ -74,7 +74,7 @@ from .reader import (
     read,
     read_whole,
 )
-from .series import DICOM_SUFFIXES, Series, Walk, _make_series, find_dicom_files, walk
+from .series import DICOM_SUFFIXES, Series, Walk, find_dicom_files, make_series, walk
 from .writer import TransferSyntax, encode_image, sidecar
 
 __all__ = ["FileResult", "Report", "Status", "convert"]
@@ -694,9 +694,9 @@ def convert(
         how = Method(method)
     except ValueError:
         raise ParameterError(f"method must be 'global' or 'clahe', got {method!r}") from None
-    core._check_bins(bins)
-    core._check_levels(levels)
-    core._as_variant(variant)
+    core.check_bins(bins)
+    core.check_levels(levels)
+    core.as_variant(variant)
     parse_window(window)
     check_clahe_parameters(clip_limit, kernel_size, redistribution)
     creation_time()  # a malformed SOURCE_DATE_EPOCH stops the batch here, not file by file
@@ -1017,7 +1017,7 @@ def _plan_series(
 ) -> list[Job]:
     """The jobs of one series (one, or one per image when they cannot form a volume)."""
     targets = {id(im): t for im, t in members}
-    series = _make_series(uid, [im for im, _ in members])
+    series = make_series(uid, [im for im, _ in members])
     # A duplicate (same SOP Instance UID) joins its series' job right after the image it
     # repeats: all are decoded, the first that decodes is converted (a broken copy must not
     # stand in for a good one), and the others are compared with it: the same pixels are

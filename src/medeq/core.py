@@ -56,7 +56,7 @@ class Variant(str, enum.Enum):
 # --------------------------------------------------------------------------- validation
 
 
-def _as_variant(variant: Variant | str) -> Variant:
+def as_variant(variant: Variant | str) -> Variant:
     try:
         return Variant(variant)
     except ValueError:
@@ -64,7 +64,7 @@ def _as_variant(variant: Variant | str) -> Variant:
         raise ParameterError(f"variant must be one of {allowed}, got {variant!r}") from None
 
 
-def _check_image(image: ArrayLike, name: str = "image") -> NDArray[Any]:
+def check_image(image: ArrayLike, name: str = "image") -> NDArray[Any]:
     arr = np.asarray(image)
     kind = arr.dtype.kind
     if kind == "b":
@@ -89,7 +89,7 @@ def _check_image(image: ArrayLike, name: str = "image") -> NDArray[Any]:
     return arr
 
 
-def _check_mask(mask: ArrayLike | None, shape: tuple[int, ...]) -> NDArray[np.bool_] | None:
+def check_mask(mask: ArrayLike | None, shape: tuple[int, ...]) -> NDArray[np.bool_] | None:
     if mask is None:
         return None
     m = np.asarray(mask)
@@ -115,15 +115,15 @@ def _whole_number(value: object, name: str, low: int, high: int | None) -> int |
     return number
 
 
-def _check_bins(bins: object) -> int | None:
+def check_bins(bins: object) -> int | None:
     return _whole_number(bins, "bins", 1, MAX_BINS)
 
 
-def _check_levels(levels: object) -> int | None:
+def check_levels(levels: object) -> int | None:
     return _whole_number(levels, "levels", 2, MAX_LEVELS)
 
 
-def _check_range(
+def check_range(
     value_range: tuple[float, float] | None, integer: bool
 ) -> tuple[float, float] | None:
     if value_range is None:
@@ -187,7 +187,7 @@ def _small_int(dtype: np.dtype[Any]) -> bool:
     return dtype.kind in "iu" and dtype.itemsize <= 2
 
 
-def _data_range(image: NDArray[Any], mask: NDArray[np.bool_] | None) -> tuple[float, float]:
+def masked_range(image: NDArray[Any], mask: NDArray[np.bool_] | None) -> tuple[float, float]:
     lo, hi = _kernels.min_max(image, mask)
     if image.dtype.kind in "iu":
         return int(lo), int(hi)
@@ -195,7 +195,7 @@ def _data_range(image: NDArray[Any], mask: NDArray[np.bool_] | None) -> tuple[fl
     return float(lo) + 0.0, float(hi) + 0.0
 
 
-def _binning(
+def make_binning(
     image: NDArray[Any],
     bins: int | None,
     value_range: tuple[float, float] | None,
@@ -248,7 +248,7 @@ def _compute_histogram(
         first, vcounts = _kernels.value_counts(image, mask)
         last = first + vcounts.size - 1
         nz = np.flatnonzero(vcounts)
-        binning = _binning(image, bins, value_range, (first + int(nz[0]), first + int(nz[-1])))
+        binning = make_binning(image, bins, value_range, (first + int(nz[0]), first + int(nz[-1])))
         lo, hi = int(binning.lo), int(binning.hi)
         if binning.bins == hi - lo + 1:
             return _Histogram(binning, _level_counts(vcounts, first, lo, hi), True)
@@ -258,7 +258,7 @@ def _compute_histogram(
         counted = value_bins[first - start : last - start + 1]
         counts = np.bincount(counted, weights=vcounts, minlength=binning.bins)
         return _Histogram(binning, np.rint(counts).astype(np.int64), True, value_bins, start)
-    binning = _binning(image, bins, value_range, _data_range(image, mask))
+    binning = make_binning(image, bins, value_range, masked_range(image, mask))
     # Binning and counting in one pass: no per-pixel index array.
     counts = _kernels.bin_counts(image, mask, binning.lo, binning.hi, binning.bins, binning.integer)
     return _Histogram(binning, counts)
@@ -372,17 +372,17 @@ def value_mapping(
     image back unchanged (a single non-empty bin with the standard formula), since that
     answer depends on the image's dtype rather than on its values.
     """
-    var = _as_variant(variant)
+    var = as_variant(variant)
     vcounts = np.asarray(value_counts, dtype=np.int64)
     nz = np.flatnonzero(vcounts)
     if nz.size == 0:
         raise ParameterError("value_counts must count at least one pixel")
     last = first + vcounts.size - 1
-    vr = _check_range(value_range, True)
+    vr = check_range(value_range, True)
     lo, hi = (
         (int(vr[0]), int(vr[1])) if vr is not None else (first + int(nz[0]), first + int(nz[-1]))
     )
-    nbins = _check_bins(bins) or min(hi - lo + 1, MAX_DEFAULT_BINS)
+    nbins = check_bins(bins) or min(hi - lo + 1, MAX_DEFAULT_BINS)
     binning = Binning(lo, hi, nbins, True)
     index = binning.index(np.arange(first, last + 1, dtype=np.int64))
     if nbins == hi - lo + 1:
@@ -391,7 +391,7 @@ def value_mapping(
         counts = np.rint(np.bincount(index, weights=vcounts, minlength=nbins)).astype(np.int64)
     if var is Variant.STANDARD and np.count_nonzero(counts) == 1:
         return None
-    lut = _lut(counts, _check_levels(levels), var)
+    lut = _lut(counts, check_levels(levels), var)
     return ValueMapping(counts, first, lut[index])
 
 
@@ -434,25 +434,25 @@ def histogram(
     ParameterError
         For an unsupported image (dtype, shape, non-finite values) or a bad argument.
     """
-    arr = _check_image(image)
-    bins_ = _check_bins(bins)
-    vr = _check_range(value_range, arr.dtype.kind in "iu")
-    m = _check_mask(mask, arr.shape)
+    arr = check_image(image)
+    bins_ = check_bins(bins)
+    vr = check_range(value_range, arr.dtype.kind in "iu")
+    m = check_mask(mask, arr.shape)
     h = _compute_histogram(arr, bins_, vr, m)
     return h.counts, h.binning.edges()
 
 
 @functools.lru_cache(maxsize=64)
-def _lut_dtype(levels: int) -> np.dtype[Any]:
+def lut_dtype_for(levels: int) -> np.dtype[Any]:
     for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
         if levels - 1 <= np.iinfo(dt).max:
             return np.dtype(dt)
     raise ParameterError(f"levels={levels} does not fit a 64-bit unsigned integer")
 
 
-def _round_to_levels(values: NDArray[np.floating], levels: int) -> NDArray[Any]:
+def round_to_levels(values: NDArray[np.floating], levels: int) -> NDArray[Any]:
     """Round half to even, clip to ``[0, levels - 1]`` and cast to the output dtype."""
-    dtype = _lut_dtype(levels)
+    dtype = lut_dtype_for(levels)
     top = levels - 1
     rounded = np.clip(np.rint(values), 0, float(top))
     if top > 2**53:
@@ -468,7 +468,7 @@ def _round_to_levels(values: NDArray[np.floating], levels: int) -> NDArray[Any]:
 
 def _identity_lut(nbins: int, levels: int | None) -> NDArray[Any]:
     position = np.arange(nbins, dtype=np.float64) / max(nbins - 1, 1)
-    return position if levels is None else _round_to_levels(position * (levels - 1), levels)
+    return position if levels is None else round_to_levels(position * (levels - 1), levels)
 
 
 def equalization_lut(
@@ -502,7 +502,7 @@ def equalization_lut(
     is evaluated in single precision exactly as ``cv2.equalizeHist`` does (its error is
     below 3e-5 of a level); otherwise in double precision.
     """
-    var = _as_variant(variant)
+    var = as_variant(variant)
     c = np.asarray(counts)
     if c.ndim != 1 or c.size == 0:
         raise ParameterError(f"counts must be a non-empty 1-D array, got shape {c.shape}")
@@ -526,7 +526,7 @@ def _lut(c64: NDArray[np.int64], levels: int | None, var: Variant) -> NDArray[An
         frac = np.cumsum(c64 / total)
         if levels is None:
             return np.clip(frac, 0.0, 1.0)
-        return _round_to_levels(frac * (levels - 1), levels)
+        return round_to_levels(frac * (levels - 1), levels)
 
     nonzero = np.flatnonzero(c64)
     if nonzero.size == 1:
@@ -538,11 +538,11 @@ def _lut(c64: NDArray[np.int64], levels: int | None, var: Variant) -> NDArray[An
         return np.clip(above / denom, 0.0, 1.0)
     if levels <= 256:
         scale = np.float32(levels - 1) / np.float32(denom)
-        return _round_to_levels(above.astype(np.float32) * scale, levels)
-    return _round_to_levels(above.astype(np.float64) * (levels - 1) / denom, levels)
+        return round_to_levels(above.astype(np.float32) * scale, levels)
+    return round_to_levels(above.astype(np.float64) * (levels - 1) / denom, levels)
 
 
-def _output_levels(dtype: np.dtype[Any], levels: int | None) -> int | None:
+def output_levels(dtype: np.dtype[Any], levels: int | None) -> int | None:
     """Levels of the default output: the full width of an integer dtype; None for floats."""
     if levels is not None:
         return levels
@@ -551,7 +551,7 @@ def _output_levels(dtype: np.dtype[Any], levels: int | None) -> int | None:
     return None
 
 
-def _identity(image: NDArray[Any], levels: int | None) -> NDArray[Any]:
+def identity_output(image: NDArray[Any], levels: int | None) -> NDArray[Any]:
     """The image unchanged, moved into the output domain (OpenCV's answer for a flat histogram).
 
     Integer values keep their relative place in their dtype's range; float values are
@@ -565,19 +565,19 @@ def _identity(image: NDArray[Any], levels: int | None) -> NDArray[Any]:
             raw = raw ^ unsigned.type(1 << (nbits - 1))
         assert levels is not None
         if levels == 2**nbits:
-            return raw.astype(_lut_dtype(levels), copy=True)
-        return _round_to_levels(raw.astype(np.float64) * ((levels - 1) / (2**nbits - 1)), levels)
+            return raw.astype(lut_dtype_for(levels), copy=True)
+        return round_to_levels(raw.astype(np.float64) * ((levels - 1) / (2**nbits - 1)), levels)
     position = np.clip(image.astype(np.float64), 0.0, 1.0)
     if levels is None:
-        return position.astype(_float_out(image.dtype))
-    return _round_to_levels(position * (levels - 1), levels)
+        return position.astype(float_output_dtype(image.dtype))
+    return round_to_levels(position * (levels - 1), levels)
 
 
-def _float_out(dtype: np.dtype[Any]) -> np.dtype[Any]:
+def float_output_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
     return np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
 
 
-def _equalize_counted(
+def equalize_from_counts(
     image: NDArray[Any],
     bins: int | None,
     value_range: tuple[float, float] | None,
@@ -590,15 +590,15 @@ def _equalize_counted(
     The histogram is what :func:`histogram` gives for the same arguments; the pixels of
     bin ``k`` became ``lut[k]``. Both are None when the image came back unchanged.
     """
-    out_levels = _output_levels(image.dtype, levels)
+    out_levels = output_levels(image.dtype, levels)
     if mask is not None and not mask.any():
-        return _identity(image, out_levels), None, None
+        return identity_output(image, out_levels), None, None
     h = _compute_histogram(image, bins, value_range, mask)
     if variant is Variant.STANDARD and np.count_nonzero(h.counts) == 1:
-        return _identity(image, out_levels), None, None
+        return identity_output(image, out_levels), None, None
     lut = _lut(h.counts, out_levels, variant)
     if out_levels is None:
-        lut = lut.astype(_float_out(image.dtype))
+        lut = lut.astype(float_output_dtype(image.dtype))
     if h.by_value:
         return _kernels.map_values(_value_table(image.dtype, h, lut), image), h.counts, lut
     b = h.binning
@@ -662,12 +662,12 @@ def equalize(
     integer values keep their place in their dtype's range, float values are clipped to
     [0, 1]. The ``"seed"`` variant has no such rule and follows its formula.
     """
-    arr = _check_image(image)
-    bins_ = _check_bins(bins)
-    levels_ = _check_levels(levels)
-    var = _as_variant(variant)
-    vr = _check_range(value_range, arr.dtype.kind in "iu")
-    m = _check_mask(mask, arr.shape)
+    arr = check_image(image)
+    bins_ = check_bins(bins)
+    levels_ = check_levels(levels)
+    var = as_variant(variant)
+    vr = check_range(value_range, arr.dtype.kind in "iu")
+    m = check_mask(mask, arr.shape)
     if not isinstance(per_slice, (bool, np.bool_)):
         raise ParameterError(f"per_slice must be True or False, got {per_slice!r}")
     if not per_slice:
@@ -708,11 +708,11 @@ def _equalized(
     ):
         # Without bins: one bin per level over the data's range. 256 bins over an 8-bit
         # range keep every level apart: the same LUT entry for each level present.
-        out_levels = _output_levels(image.dtype, levels)
+        out_levels = output_levels(image.dtype, levels)
         assert out_levels is not None
         done = _kernels.equalize_levels(
-            image, out_levels, _lut_dtype(out_levels), variant is Variant.SEED
+            image, out_levels, lut_dtype_for(out_levels), variant is Variant.SEED
         )
         if done is not None:
             return done
-    return _equalize_counted(image, bins, value_range, mask, levels, variant)[0]
+    return equalize_from_counts(image, bins, value_range, mask, levels, variant)[0]

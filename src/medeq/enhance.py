@@ -226,9 +226,9 @@ def canonical_parameters(
     if how is Method.CLAHE:
         fields["clip_limit"] = f"{float(clip_limit):g}"
         fields["kernel_size"] = kernel_size
-        from .clahe import _as_redistribution
+        from .clahe import as_redistribution
 
-        redist = _as_redistribution(redistribution).value
+        redist = as_redistribution(redistribution).value
         if redist != "limited":
             fields["redistribution"] = redist
     return ";".join(f"{k}={v}" for k, v in sorted(fields.items()))
@@ -440,14 +440,14 @@ def enhance(
         how = Method(method)
     except ValueError:
         raise ParameterError(f"method must be 'global' or 'clahe', got {method!r}") from None
-    var = core._as_variant(variant)
-    bins_ = core._check_bins(bins)
-    levels_ = core._check_levels(levels) or default_levels(images)
+    var = core.as_variant(variant)
+    bins_ = core.check_bins(bins)
+    levels_ = core.check_levels(levels) or default_levels(images)
     if not isinstance(per_slice, (bool, np.bool_)):
         raise ParameterError(f"per_slice must be True or False, got {per_slice!r}")
-    from .clahe import _as_redistribution
+    from .clahe import as_redistribution
 
-    redist = _as_redistribution(redistribution)
+    redist = as_redistribution(redistribution)
 
     # The notes made from here on (by normalize, the mask) belong to this result.
     with collecting() as notes:
@@ -468,12 +468,12 @@ def enhance(
                 per_slice=True,
             )
         elif how is Method.GLOBAL:
-            arr = core._check_image(norm.array)
-            pixels, counts, lut = core._equalize_counted(
+            arr = core.check_image(norm.array)
+            pixels, counts, lut = core.equalize_from_counts(
                 arr,
                 nbins,
-                core._check_range(norm.value_range, arr.dtype.kind in "iu"),
-                core._check_mask(mask_arr, arr.shape),
+                core.check_range(norm.value_range, arr.dtype.kind in "iu"),
+                core.check_mask(mask_arr, arr.shape),
                 levels_,
                 var,
             )

@@ -1015,7 +1015,7 @@ def _encoded_frames(ds: Dataset, data: bytes, frames: int) -> Iterator[bytes]:
     return generate_frames(data, number_of_frames=frames, extended_offsets=extended)
 
 
-def _native_little(info: ImageInfo) -> bool:
+def native_little(info: ImageInfo) -> bool:
     """Whether the pixel data are native little-endian whole bytes a pixel."""
     return (
         info.transfer_syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
@@ -1032,7 +1032,7 @@ def _native_pixel_data(image: DicomImage) -> bytes | None:
     caller then parses the whole file, which reports any problem.
     """
     info, src = image.info, image._source
-    if not isinstance(src, Path) or image._place is None or not _native_little(info):
+    if not isinstance(src, Path) or image._place is None or not native_little(info):
         return None
     implicit = info.transfer_syntax == ImplicitVRLittleEndian
     expected = info.frames * info.rows * info.columns * (info.bits_allocated // 8)
@@ -1102,7 +1102,7 @@ def _decode(image: DicomImage) -> NDArray[Any]:
     ds = _full_dataset(image)
     data = _pixel_data(ds, info, name)
     if not _uid(info.transfer_syntax).is_encapsulated:
-        if _native_little(info) and not ds["PixelData"].is_undefined_length:
+        if native_little(info) and not ds["PixelData"].is_undefined_length:
             return _native_values(data, info, name)
         _check_native_length(len(data), info, name)
     else:

@@ -304,7 +304,7 @@ def read_series(
                 errors.append((str(path), exc))
             continue
         groups.setdefault(image.info.series_instance_uid, []).append(image)
-    series = [_make_series(uid, images) for uid, images in groups.items()]
+    series = [make_series(uid, images) for uid, images in groups.items()]
 
     def key(s: Series) -> tuple[int, str]:
         number = s.images[0].info.series_number
@@ -313,7 +313,7 @@ def read_series(
     return sorted(series, key=key)
 
 
-def _make_series(uid: str, images: Sequence[DicomImage]) -> Series:
+def make_series(uid: str, images: Sequence[DicomImage]) -> Series:
     problems: list[str] = []
     unique: dict[str, DicomImage] = {}
     duplicates: list[DicomImage] = []
