@@ -64,7 +64,7 @@ def test_a_dying_worker_fails_its_file_and_the_batch_goes_on(tmp_path: Path) -> 
 
     def first_pass(job: Job) -> list[Task]:
         image = job.images[0]
-        return [Task("decode", job, 0, dies_on_b, (image.info, image._place, True))]
+        return [Task("decode", job, 0, dies_on_b, (image.info, image.place, True))]
 
     Scheduler(2, first_pass, make_write, settled.append).run(jobs)
     by_name = {Path(r.input).name: r for r in settled}
@@ -812,7 +812,7 @@ def test_a_batch_whose_worker_dies_is_rerun_file_by_file(tmp_path: Path) -> None
 
     def first_pass(job: Job) -> list[Task]:
         return [
-            Task("decode", job, i, dies_on_b, (im.info, im._place, True))
+            Task("decode", job, i, dies_on_b, (im.info, im.place, True))
             for i, im in enumerate(job.images)
         ]
 

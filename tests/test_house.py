@@ -72,3 +72,29 @@ def test_no_module_uses_another_modules_private_names() -> None:
                 uses.add((name, aliases[node.value.id], node.attr))
     assert uses - KNOWN == set()
     assert uses >= KNOWN  # a debt paid is taken off the list
+
+
+def test_only_the_reader_touches_an_images_private_state() -> None:
+    # DicomImage keeps where its header ends, its file's version and its pixels in
+    # private attributes; other modules use its public methods (place, keep_stored, ...).
+    private = {"_place", "_stored", "_version", "_source", "_dataset"}
+    found = []
+    for name, tree in _modules().items():
+        if name == "reader":
+            continue
+        for node in ast.walk(tree):
+            own = isinstance(node, ast.Attribute) and (
+                isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
+            )
+            if isinstance(node, ast.Attribute) and node.attr in private and not own:
+                found.append(f"{name}.py:{node.lineno} {ast.unparse(node)}")
+            if (  # getattr(image, "_place") is the same reach
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "getattr"
+                and len(node.args) >= 2
+                and isinstance(node.args[1], ast.Constant)
+                and node.args[1].value in private
+            ):
+                found.append(f"{name}.py:{node.lineno} {ast.unparse(node)}")
+    assert found == []

@@ -371,7 +371,7 @@ def test_with_one_worker_a_codec_runs_in_a_process_of_its_own(tmp_path: Path) ->
 
     def first_pass(job: Job) -> list[Task]:
         im = job.images[0]
-        return [Task("decode", job, 0, aborts_on_b, (im.info, im._place, True), isolate=True)]
+        return [Task("decode", job, 0, aborts_on_b, (im.info, im.place, True), isolate=True)]
 
     scheduler = Scheduler(1, first_pass, second_pass, lambda r: None)
     scheduler.isolate()

@@ -97,7 +97,7 @@ def stored_countable(image: DicomImage) -> bool:
     return (
         info.frames == 1
         and info.bits_allocated <= 16
-        and image._place is not None
+        and image.place is not None
         and native_little(info)
     )
 
@@ -132,7 +132,7 @@ def counts_through(image: DicomImage, plan: VoiPlan, stored: StoredCounts) -> Sl
     numbers as mapping and counting every pixel. None when :func:`count_values` would
     give None.
     """
-    alone = image._with_stored(stored.values.reshape(1, 1, -1))  # one frame: frame 1's rescale
+    alone = image.with_stored(stored.values.reshape(1, 1, -1))  # one frame: frame 1's rescale
     return count_values(plan.values(alone).ravel(), stored.counts)
 
 

@@ -241,9 +241,7 @@ def _scanned(info: ImageInfo, place: Place | None) -> DicomImage:
     A first-pass task is sent only these (never a header, which with ``--jobs 1`` the
     scanned image holds): reading the pixels in place needs no more.
     """
-    image = DicomImage(pydicom.Dataset(), info, Path(str(info.path)))
-    image._place = place
-    return image
+    return DicomImage.scanned(info, place)
 
 
 def _decode_task(
@@ -805,9 +803,9 @@ def _run(
         args: tuple[Any, ...]
         for i, im in enumerate(job.images):
             if plan is None:
-                fn, args = _decode_task, (im.info, im._place, quiet_decoders)
+                fn, args = _decode_task, (im.info, im.place, quiet_decoders)
             elif stored_countable(im):
-                fn, args = _stored_count_task, (im.info, im._place, quiet_decoders)
+                fn, args = _stored_count_task, (im.info, im.place, quiet_decoders)
             else:
                 path, uid = str(im.info.path), im.info.sop_instance_uid
                 fn, args = _count_task, (path, uid, plan, quiet_decoders)
@@ -1100,8 +1098,7 @@ def _equalize_job(
     for i in good:
         arr = arrays[i][0]
         assert arr is not None
-        arr.flags.writeable = False
-        job.images[i]._stored = arr
+        job.images[i].keep_stored(arr)
     if not good:
         return 0
     images = [job.images[i] for i in good]

@@ -316,7 +316,7 @@ def trailing_elements(source: DicomImage) -> list[DataElement | RawDataElement]:
     of group 7FE0, (FFFC,FFFC) *Data Set Trailing Padding* and group lengths are left
     out. A file that cannot be walked gives what could be read, and a debug log line.
     """
-    stored = getattr(source, "_source", None)
+    stored = source.origin
     if isinstance(stored, Dataset):
         return []
     found: list[DataElement | RawDataElement] = []
@@ -680,7 +680,7 @@ def output_series_uid(source: DicomImage, parameters: str) -> str:
 def content_digest(source: DicomImage) -> str:
     """``sha256:<hex>`` of the source file's bytes (or, in memory, its header and pixels)."""
     digest = hashlib.sha256()
-    stored = getattr(source, "_source", None)
+    stored = source.origin
     if isinstance(stored, bytes):
         digest.update(stored)
     elif source.info.path and os.path.isfile(source.info.path):

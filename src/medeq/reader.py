@@ -228,7 +228,36 @@ class DicomImage:
             return self
         return self._copy(None)
 
-    def _with_stored(self, stored: NDArray[Any]) -> DicomImage:
+    @classmethod
+    def scanned(cls, info: ImageInfo, place: Place | None) -> DicomImage:
+        """A file's image known only by its info and where its header ends.
+
+        For reading its pixels in place (a batch's first pass sends a worker no more);
+        its header, if asked for, is read again from the file.
+        """
+        image = cls(Dataset(), info, Path(str(info.path)))
+        image._place = place
+        return image
+
+    @property
+    def origin(self) -> bytes | Path | Dataset:
+        """What the image was read from: a file's path, a file object's bytes, a Dataset."""
+        return self._source
+
+    @property
+    def place(self) -> Place | None:
+        """Where the header of a file source ends (see medeq._filewalk), if known."""
+        return self._place
+
+    def keep_stored(self, stored: NDArray[Any]) -> None:
+        """Keep ``stored`` (decoded elsewhere, as a worker does) as this image's values.
+
+        Shaped as :attr:`stored`; it is made read-only. :meth:`release` drops it.
+        """
+        stored.flags.writeable = False
+        self._stored = stored
+
+    def with_stored(self, stored: NDArray[Any]) -> DicomImage:
         """A copy with these stored values (shaped as :attr:`stored`) and the same header."""
         image = self._copy(self._dataset)
         image._stored = stored
