@@ -201,8 +201,8 @@ def test_two_runs_into_one_folder_at_once_both_succeed(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "medeq", "convert", str(tmp_path / "in")]
     command += ["-o", str(tmp_path / "out"), "--jobs", "1"]
     runs = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    for run in runs:
-        _, stderr = run.communicate(timeout=300)
+    stderrs = [run.communicate(timeout=300)[1] for run in runs]  # both, before any assert
+    for run, stderr in zip(runs, stderrs, strict=True):
         assert run.returncode == 0, stderr
         assert "overwrite=True" not in stderr
     assert len(list((tmp_path / "out").rglob("*.dcm"))) == 16

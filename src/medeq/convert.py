@@ -230,6 +230,9 @@ class Job:
     #: Some files repeat another's SOP Instance UID: their pixels are compared, so the
     #: job is decoded into a volume (never slice-wise).
     copies: bool = False
+    #: Indices of files whose earlier output is incomplete: replaced (atomically) even
+    #: without ``overwrite``, never removed first (another run may be finishing it).
+    replace: set[int] = field(default_factory=set)
 
 
 # --------------------------------------------------------------------------- workers
@@ -416,10 +419,14 @@ def _finished(
         with _atomic.deferred_sync():
             return [str(p) for p in finish()], None
     except MedeqError as exc:
-        if not existed and str(exc).startswith(str(sidecar(path, ".jpg"))):
-            # This call wrote the DICOM file, then failed on the preview.
-            with contextlib.suppress(OSError):
-                path.unlink()
+        jpeg = sidecar(path, ".jpg")
+        if str(exc).startswith(str(jpeg)):  # the DICOM file was written, its preview not
+            if not existed:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        elif not overwrite and _ours(path, uid):  # the other run got there in between
+            note(f"{path}: written by another run into the same folder at the same time")
+            return [str(p) for p in (path, jpeg) if p.exists()], None
         return [], str(exc)
 
 
@@ -518,14 +525,18 @@ def _family(target: Path) -> list[str]:
     return [str(f).casefold() for f in files]
 
 
+#: What :func:`_already_done` says of an earlier output of this command that is not whole.
+REPLACE = "replace"
+
+
 def _already_done(target: Path, expected_uid: str, preview: bool, result: FileResult) -> bool | str:
     """True if ``target`` is this command's whole output; a message if it is something else.
 
     An earlier output of this command that is not whole (a kill between the DICOM file and
-    its preview, a power cut before its flush left it short) is removed, to be made
-    again, with a note on ``result``. Outputs are flushed to disk after they are renamed
-    into place (see :mod:`medeq._atomic`): one left short is found here by reading it
-    whole.
+    its preview, a power cut before its flush left it short) gives :data:`REPLACE`: it is
+    made again and replaces the old files atomically, with a note on ``result``. Outputs
+    are flushed to disk after they are renamed into place (see :mod:`medeq._atomic`): one
+    left short is found here by reading it whole.
     """
     if not target.exists():
         return False
@@ -543,18 +554,10 @@ def _already_done(target: Path, expected_uid: str, preview: bool, result: FileRe
         problem = _incomplete(image, preview)
     if problem is None:
         return True
-    try:
-        for stale in (sidecar(target, ".jpg"), target):
-            stale.unlink(missing_ok=True)
-    except OSError as exc:
-        return (
-            f"{target}: an earlier output of this command is incomplete ({problem}) and "
-            f"cannot be removed: {exc.strerror}"
-        )
     result.add_notes(
         [f"{target}: an earlier output of this command was incomplete ({problem}): made again"]
     )
-    return False
+    return REPLACE
 
 
 def _in_the_way(target: Path) -> str:
@@ -1051,7 +1054,10 @@ def _plan_series(
                 if not settings.overwrite:
                     expected = output_instance_uid(im, canonical)
                     done = _already_done(target, expected, settings.preview, result)
-                if isinstance(done, str):
+                if done == REPLACE:
+                    job.replace.add(len(job.images))
+                    done = False
+                elif isinstance(done, str):
                     result.status, result.error, result.outputs = Status.FAILED, done, []
                     settle(result)
                     continue
@@ -1128,7 +1134,7 @@ def _equalize_job(
             derived.image_pixels(n),
             str(job.targets[i]),
             settings.transfer_syntax,
-            settings.overwrite,
+            settings.overwrite or i in job.replace,
             window,
             settings.in_process,
         )
@@ -1193,7 +1199,7 @@ def _stream_job(
             counted,
             str(job.targets[i]),
             settings.transfer_syntax,
-            settings.overwrite,
+            settings.overwrite or i in job.replace,
             window,
             quiet,
         )
