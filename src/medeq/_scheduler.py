@@ -162,6 +162,10 @@ class Outcome:
     failure: str | None = None
     internal: bool = False
 
+    def error(self, name: str | None) -> str:
+        """The failure as one line naming the file ``name`` (a MedeqError's names it)."""
+        return f"{name}: {self.failure}" if self.internal else str(self.failure)
+
 
 def guarded(fn: Callable[..., Any], args: tuple[Any, ...]) -> Outcome | Later:
     """Run ``fn(*args)`` into an :class:`Outcome`; nothing it raises escapes.
@@ -201,14 +205,13 @@ def read_headers(files: list[str], keep: bool = True) -> list[Scanned]:
     """
     images: list[Scanned] = []
     for file in files:
-        with collecting() as notes:
-            try:
-                image = read(file)
-                images.append((image if keep else image.without_header(), tuple(notes)))
-            except STOPS_THE_BATCH:
-                raise
-            except BaseException as exc:
-                images.append((failure_text(exc, file), tuple(notes)))
+        outcome = guarded(read, (file,))
+        assert isinstance(outcome, Outcome)
+        if outcome.failure is None:
+            image = outcome.value if keep else outcome.value.without_header()
+            images.append((image, outcome.notes))
+        else:
+            images.append((outcome.error(file), outcome.notes))
     return images
 
 
@@ -699,8 +702,7 @@ class Scheduler:
         if outcome.failure is None:
             outcome = outcome.value
         else:
-            path = job.images[i].info.path
-            error = f"{path}: {outcome.failure}" if outcome.internal else outcome.failure
+            error = outcome.error(job.images[i].info.path)
             outcome = (None, error) if task.kind == "decode" else ([], error)
         if task.kind == "decode":
             self.decoded[id(job)][i] = outcome

@@ -409,24 +409,25 @@ def _finished(
     with the same parameters, whole) counts as written. When the preview cannot be
     written, the DICOM file just written is removed again: a rerun makes both.
     """
+    jpeg = sidecar(path, ".jpg")
+
+    def by_another_run() -> tuple[list[str], str | None]:
+        note(f"{path}: written by another run into the same folder at the same time")
+        return [str(p) for p in (path, jpeg) if p.exists()], None
+
     existed = path.exists()
     if existed and not overwrite:
-        if not _ours(path, uid):
-            return [], _in_the_way(path)
-        note(f"{path}: written by another run into the same folder at the same time")
-        return [str(p) for p in (path, sidecar(path, ".jpg")) if p.exists()], None
+        return by_another_run() if _ours(path, uid) else ([], _in_the_way(path))
     try:
         with _atomic.deferred_sync():
             return [str(p) for p in finish()], None
     except MedeqError as exc:
-        jpeg = sidecar(path, ".jpg")
         if str(exc).startswith(str(jpeg)):  # the DICOM file was written, its preview not
             if not existed:
                 with contextlib.suppress(OSError):
                     path.unlink()
         elif not overwrite and _ours(path, uid):  # the other run got there in between
-            note(f"{path}: written by another run into the same folder at the same time")
-            return [str(p) for p in (path, jpeg) if p.exists()], None
+            return by_another_run()
         return [], str(exc)
 
 
